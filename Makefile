@@ -1,0 +1,32 @@
+# Two commands do all set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU wheel of torch 2.13.0 lies on this disk; other versions pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+# Threads spin-waiting on a small shared VM make torch many times slower.
+export OMP_WAIT_POLICY ?= passive
+
+.PHONY: demo test lint venv clean
+
+$(BIN)/dask-assign: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip >/dev/null
+	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e ".[test]"
+	touch $@
+
+venv: $(BIN)/dask-assign
+
+demo: venv
+	$(BIN)/dask-assign demo
+
+test: venv
+	$(BIN)/ruff check dask_assign tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check dask_assign tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo-output

@@ -1,0 +1,184 @@
+"""Adduct tables: built-in positive and negative adducts, user tables, priors and ion m/z."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import pandas as pd
+
+from .chem import ELECTRON_MASS, ParsedFormula, contains, parse_formula
+from .errors import InputError
+
+ADDUCT_COLUMNS = ("name", "mode", "mult", "add", "sub", "charge", "prior")
+
+
+@dataclass(frozen=True)
+class Adduct:
+    """One adduct: how a neutral molecule M becomes an ion.
+
+    Attributes
+    ----------
+    name : str
+        Notation such as ``[M+Na]+``.
+    mult : int
+        Molecules per ion (2 for ``[2M+H]+``).
+    add, sub : str
+        Formulas added and removed ("" for none).
+    charge : int
+        Signed charge of the ion.
+    prior : float
+        Relative chance that a compound shows this ion.
+    """
+
+    name: str
+    mult: int
+    add: str
+    sub: str
+    charge: int
+    prior: float
+
+    @property
+    def delta_mass(self) -> float:
+        """Mass added to ``mult * M`` (electrons included), before division by ``|charge|``."""
+        added = parse_formula(self.add).mass if self.add else 0.0
+        removed = parse_formula(self.sub).mass if self.sub else 0.0
+        return added - removed - self.charge * ELECTRON_MASS
+
+    def mz(self, neutral_mass):
+        """m/z of this ion of a molecule of monoisotopic mass ``neutral_mass`` (scalar or array).
+
+        >>> round(builtin_adducts("positive")["[M+Na]+"].mz(180.06338810418), 4)  # glucose
+        203.0526
+        """
+        return (self.mult * neutral_mass + self.delta_mass) / abs(self.charge)
+
+    def feasible(self, formula: ParsedFormula | None) -> bool:
+        """Whether a compound can form this ion: it must hold the atoms the adduct removes.
+
+        Compounds known only by mass (no formula) are assumed able to.
+        """
+        if formula is None or not self.sub:
+            return True
+        return contains(formula, parse_formula(self.sub), times=self.mult)
+
+
+def _table_to_adducts(table: pd.DataFrame, source: str) -> dict[str, Adduct]:
+    missing = [c for c in ADDUCT_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(source, f"missing columns {missing}; an adduct table needs {list(ADDUCT_COLUMNS)}")
+    out: dict[str, Adduct] = {}
+    for i, row in enumerate(table.itertuples(index=False), start=1):
+        name = str(row.name).strip()
+        if name in out:
+            raise InputError(source, "duplicate adduct name", column="name", rows=[i], values=[name])
+        for col in ("add", "sub"):
+            text = "" if pd.isna(getattr(row, col)) else str(getattr(row, col)).strip()
+            if text not in ("", "-"):
+                try:
+                    parse_formula(text)
+                except ValueError as err:
+                    raise InputError(source, str(err), column=col, rows=[i], values=[text]) from None
+        try:
+            mult, charge, prior = int(row.mult), int(row.charge), float(row.prior)
+        except (TypeError, ValueError):
+            raise InputError(source, "mult, charge and prior must be numbers", rows=[i]) from None
+        if mult < 1 or charge == 0 or not prior > 0:
+            raise InputError(source, "need mult >= 1, charge != 0 and prior > 0", rows=[i], values=[name])
+        clean = [("" if pd.isna(v) or str(v).strip() == "-" else str(v).strip()) for v in (row.add, row.sub)]
+        out[name] = Adduct(name, mult, clean[0], clean[1], charge, prior)
+    return out
+
+
+def _read_table(path) -> pd.DataFrame:
+    path = Path(path)
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    try:
+        return pd.read_csv(path, sep=sep, comment="#", dtype=str)
+    except FileNotFoundError:
+        raise InputError(str(path), "file not found") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(str(path), "the file is empty") from None
+
+
+def builtin_adducts(mode: str) -> dict[str, Adduct]:
+    """All built-in adducts of one ionisation mode, by name.
+
+    Parameters
+    ----------
+    mode : {"positive", "negative"}
+
+    Examples
+    --------
+    >>> len(builtin_adducts("positive")) >= 30 and "[M+H]+" in builtin_adducts("positive")
+    True
+    """
+    table = _read_table(files("dask_assign") / "data" / "adducts.tsv")
+    table = table[table["mode"] == mode]
+    return _table_to_adducts(table, "built-in adduct table")
+
+
+def default_adduct_names(mode: str) -> tuple[str, ...]:
+    """Names of the adducts searched by default in ``mode``."""
+    table = _read_table(files("dask_assign") / "data" / "adducts.tsv")
+    return tuple(table.loc[(table["mode"] == mode) & (table["default"] == "1"), "name"])
+
+
+def read_adducts(path, mode: str | None = None) -> dict[str, Adduct]:
+    """Read a user adduct table (TSV or CSV with the built-in table's columns).
+
+    Parameters
+    ----------
+    path : str or Path
+    mode : {"positive", "negative"}, optional
+        Keep only rows of this mode when the table has a ``mode`` column.
+    """
+    table = _read_table(path)
+    if mode is not None and "mode" in table.columns:
+        table = table[table["mode"] == mode]
+    adducts = _table_to_adducts(table, str(path))
+    if not adducts:
+        raise InputError(str(path), f"no adducts for mode {mode!r}")
+    return adducts
+
+
+def select_adducts(
+    mode: str, names=None, table_path=None
+) -> tuple[Adduct, ...]:
+    """The adducts a run searches.
+
+    Parameters
+    ----------
+    mode : {"positive", "negative"}
+    names : sequence of str, optional
+        Adduct names; ``None`` takes the defaults of the table (built-in: its ``default`` column).
+    table_path : str, optional
+        A user adduct table replacing the built-in one.
+
+    Raises
+    ------
+    InputError
+        For an adduct name that the table does not know, or of the wrong polarity.
+    """
+    if table_path is not None:
+        available = read_adducts(table_path, mode)
+        source = str(table_path)
+        default = tuple(available)
+    else:
+        available = builtin_adducts(mode)
+        source = "--adducts"
+        default = default_adduct_names(mode)
+    chosen = default if names is None else tuple(n.strip() for n in names if n.strip())
+    unknown = [n for n in chosen if n not in available]
+    if unknown:
+        raise InputError(
+            source,
+            f"unknown adduct(s) {unknown} for {mode} mode; known: {', '.join(available)}",
+        )
+    wrong = [n for n in chosen if (available[n].charge > 0) != (mode == "positive")]
+    if wrong:
+        raise InputError(source, f"adduct(s) {wrong} do not have {mode} charge")
+    if not chosen:
+        raise InputError(source, "no adducts selected")
+    return tuple(available[n] for n in chosen)

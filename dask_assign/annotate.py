@@ -1,0 +1,293 @@
+"""Annotation of one partition of peaks: candidates, features, scores, refinement.
+
+Every function here works on one partition and depends only on its own peaks, the ion table
+and the frozen settings, so a peak's result never depends on how the peaks were partitioned.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .candidates import MassBinIndex, range_join, rank_within_peak
+from .config import AssignConfig, Calibration
+from .features import PairFeatures, pair_features
+from .ions import ISOTOPE_LABELS, IonTable
+from .scoring import get_scorer, logsumexp_rounds, segment_softmax
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The ion table as the kernels need it: numeric columns and the mass-bin index.
+
+    Built once on the client and sent to each worker once.
+    """
+
+    mz: np.ndarray
+    rt: np.ndarray
+    log_adduct_prior: np.ndarray
+    log_abundance: np.ndarray
+    bins: MassBinIndex
+    compound: np.ndarray
+    adduct: np.ndarray
+    isotope: np.ndarray
+    compounds: pd.DataFrame
+    adduct_names: tuple
+
+    @classmethod
+    def build(cls, table: IonTable, max_ppm: float) -> SearchSpace:
+        """From an :class:`~dask_assign.ions.IonTable`, for windows up to ``max_ppm``."""
+        ions = table.ions
+
+        def col(name, dtype):
+            return np.ascontiguousarray(ions[name].to_numpy(dtype=dtype))
+
+        mz = col("mz", np.float64)
+        return cls(
+            mz=mz, rt=col("rt", np.float64),
+            log_adduct_prior=col("log_adduct_prior", np.float64),
+            log_abundance=col("log_abundance", np.float64),
+            bins=MassBinIndex.build(mz, max_ppm),
+            compound=col("compound", np.int64), adduct=col("adduct", np.int64),
+            isotope=col("isotope", np.int64),
+            compounds=table.compounds, adduct_names=tuple(table.adduct_names),
+        )
+
+    def tensors(self, device: str) -> dict:
+        """The numeric ion columns as tensors (zero-copy on CPU; the kernels never write)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # arrays unpickled read-only
+            return {k: torch.as_tensor(getattr(self, k), device=device)
+                    for k in ("mz", "rt", "log_adduct_prior", "log_abundance")}
+
+
+def peak_tensors(part, device: str) -> dict:
+    """``mz``, ``rt``, ``intensity`` of a pandas or cudf partition as float64 tensors."""
+    out = {}
+    for col in ("mz", "rt", "intensity"):
+        series = part[col]
+        if hasattr(series, "to_dlpack"):  # cudf: zero-copy through DLPack
+            out[col] = torch.from_dlpack(series.astype("float64").fillna(np.nan).to_dlpack())
+        else:
+            out[col] = torch.from_numpy(series.to_numpy(dtype=np.float64, na_value=np.nan)
+                                        .copy()).to(device)
+    return out
+
+
+@dataclass
+class ScoredPairs:
+    """Candidate pairs of a set of peaks, scored.
+
+    ``features`` are ordered by peak, best first; ``rank`` numbers them within each peak;
+    ``prob`` and ``p_null`` follow the overflow policy (NaN for a flagged peak).
+    """
+
+    features: PairFeatures
+    rank: torch.Tensor
+    prob: torch.Tensor
+    p_null: torch.Tensor
+    n_candidates: torch.Tensor
+    overflow: torch.Tensor
+
+
+def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfig,
+                calibration: Calibration, k: int, widen: float = 1.0) -> ScoredPairs:
+    """Join, score and keep at most ``k`` candidates per peak.
+
+    Parameters
+    ----------
+    peaks, ions : dict of torch.Tensor
+    space : SearchSpace
+    config : AssignConfig
+    calibration : Calibration
+    k : int
+        Candidates kept per peak.
+    widen : float
+        Factor on the ppm and RT windows (the refinement searches wider).
+    """
+    n = peaks["mz"].shape[0]
+    pi, ii = range_join(peaks["mz"], peaks["rt"], ions["mz"], ions["rt"], space.bins,
+                        config.ppm * widen, config.rt_window * widen)
+    feats = pair_features(pi, ii, peaks, ions)
+    scorer = get_scorer(config.scorer, calibration, config.device)
+    logits = scorer(feats)
+    order, rank, _ = rank_within_peak(feats.peak, logits)
+    feats, logits = feats.take(order), logits[order]
+    n_cand = torch.bincount(feats.peak, minlength=n)
+    overflow = n_cand > k
+    keep = rank < k
+    if config.overflow == "rounds":
+        # Every candidate counts in the normaliser, K at a time; only the best K are listed.
+        log_z = logsumexp_rounds(logits, feats.peak, n, torch.div(rank, k, rounding_mode="floor"))
+        prob_all = torch.exp(logits - log_z[feats.peak])
+        p_null = torch.exp(-log_z)
+        feats, prob, rank = feats.take(keep), prob_all[keep], rank[keep]
+    else:
+        feats, logits, rank = feats.take(keep), logits[keep], rank[keep]
+        prob, p_null = segment_softmax(logits, feats.peak, n)
+        if config.overflow == "flag":
+            # No call for a peak whose candidates were cut: it is left for review.
+            nan = torch.tensor(float("nan"), dtype=prob.dtype, device=prob.device)
+            prob = torch.where(overflow[feats.peak], nan, prob)
+            p_null = torch.where(overflow, nan, p_null)
+    # An unlisted isomer is always possible: a share of every call's probability goes to null.
+    kappa = config.scorer.unlisted_prior
+    prob = prob * (1 - kappa)
+    p_null = p_null + kappa * (1 - p_null)
+    return ScoredPairs(feats, rank, prob, p_null, n_cand, overflow)
+
+
+#: Columns and dtypes of the assignments table (one row per peak).
+ASSIGNMENT_DTYPES = {
+    "peak_id": "string", "compound_id": "string", "name": "string", "formula": "string",
+    "adduct": "string", "isotope": "string", "prob": "float64", "p_null": "float64",
+    "ppm_error": "float64", "rt_error": "float64", "n_candidates": "int64", "overflow": "bool",
+    "refined": "bool",
+}
+#: Columns and dtypes of the candidates table (one row per kept candidate).
+CANDIDATE_DTYPES = {
+    "peak_id": "string", "rank": "int64", "compound_id": "string", "adduct": "string",
+    "isotope": "string", "ppm_error": "float64", "rt_error": "float64", "prob": "float64",
+}
+
+
+def _merge(first: ScoredPairs, second: ScoredPairs, redo: torch.Tensor) -> ScoredPairs:
+    """Replace the pairs and per-peak values of the peaks ``redo`` (global peak rows) by
+    ``second``, whose peaks are numbered 0..len(redo)-1."""
+    gone = torch.zeros_like(first.overflow)
+    gone[redo] = True
+    keep = ~gone[first.features.peak]
+    f2 = second.features
+    f2 = PairFeatures(**{**f2.__dict__, "peak": redo[f2.peak]})
+    feats = PairFeatures(**{k: torch.cat([getattr(first.features, k)[keep], getattr(f2, k)])
+                            for k in f2.__dict__})
+    rank = torch.cat([first.rank[keep], second.rank])
+    prob = torch.cat([first.prob[keep], second.prob])
+    order = torch.sort(feats.peak, stable=True).indices  # back to peak order, ranks kept
+    p_null, n_cand, overflow = first.p_null.clone(), first.n_candidates.clone(), \
+        first.overflow.clone()
+    p_null[redo], n_cand[redo], overflow[redo] = second.p_null, second.n_candidates, \
+        second.overflow
+    return ScoredPairs(feats.take(order), rank[order], prob[order], p_null, n_cand, overflow)
+
+
+def best_calls(scored: ScoredPairs, n: int):
+    """The call of each peak: its best candidate where that beats the null.
+
+    Returns
+    -------
+    pair : torch.Tensor (int64)
+        Row of ``scored`` holding the call, -1 for a null call.
+    prob : torch.Tensor
+        Probability of the call (of the null where the null wins).
+    """
+    f = scored.features
+    device = scored.p_null.device
+    pair = torch.full((n,), -1, dtype=torch.int64, device=device)
+    first = torch.nonzero(scored.rank == 0).flatten()
+    pair[f.peak[first]] = first
+    best = torch.full((n,), -1.0, dtype=scored.prob.dtype, device=device)
+    best[f.peak[first]] = scored.prob[first]
+    # A flagged overflow peak has NaN everywhere: no call, NaN probability.
+    wins = best > scored.p_null
+    pair = torch.where(wins, pair, torch.full_like(pair, -1))
+    prob = torch.where(wins, best, scored.p_null)
+    return pair, prob
+
+
+def annotate_tensors(peaks: dict, space: SearchSpace, config: AssignConfig,
+                     calibration: Calibration):
+    """First pass, then the refinement of the peaks whose call is below ``refine_below``.
+
+    Returns
+    -------
+    scored : ScoredPairs
+    pair, prob : torch.Tensor
+        As :func:`best_calls`.
+    refined : torch.Tensor (bool)
+    """
+    ions = space.tensors(config.device)
+    n = peaks["mz"].shape[0]
+    scored = score_peaks(peaks, ions, space, config, calibration, config.k_first)
+    pair, prob = best_calls(scored, n)
+    refined = prob < config.refine_below  # NaN (flagged) compares False: left for review
+    redo = torch.nonzero(refined).flatten()
+    if redo.numel():
+        sub = {k: v[redo] for k, v in peaks.items()}
+        second = score_peaks(sub, ions, space, config, calibration, config.k_max,
+                             widen=config.refine_widen)
+        scored = _merge(scored, second, redo)
+        pair, prob = best_calls(scored, n)
+    return scored, pair, prob, refined
+
+
+def _labels(space: SearchSpace, ion: np.ndarray):
+    comp = space.compounds
+    cidx = space.compound[ion]
+    adduct = np.asarray(space.adduct_names, dtype=object)[space.adduct[ion]]
+    iso = np.asarray(ISOTOPE_LABELS, dtype=object)[space.isotope[ion]]
+    return (comp["compound_id"].array.take(cidx), comp["name"].array.take(cidx),
+            comp["formula"].array.take(cidx), adduct, iso)
+
+
+def annotate_partition(part, space: SearchSpace, config: AssignConfig,
+                       calibration: Calibration):
+    """Annotate one partition of peaks.
+
+    Parameters
+    ----------
+    part : pandas.DataFrame or cudf.DataFrame
+        Peaks with ``peak_id``, ``mz``, ``rt`` (minutes), ``intensity``.
+    space : SearchSpace
+    config : AssignConfig
+    calibration : Calibration
+
+    Returns
+    -------
+    assignments, candidates : pandas.DataFrame
+        One row per peak (``ASSIGNMENT_DTYPES``), and one per kept candidate
+        (``CANDIDATE_DTYPES``), in peak order.
+    """
+    peaks = peak_tensors(part, config.device)
+    n = peaks["mz"].shape[0]
+    scored, pair, prob, refined = annotate_tensors(peaks, space, config, calibration)
+    f = scored.features
+    peak_ids = (part["peak_id"].to_pandas() if hasattr(part["peak_id"], "to_pandas")
+                else part["peak_id"]).astype("string").array
+    ion = f.ion.cpu().numpy()
+    ppm = f.ppm_error.cpu().numpy()
+    rt_err = (f.peak_rt - f.ion_rt).cpu().numpy()
+    cid, name, formula, adduct, iso = _labels(space, ion)
+    pair = pair.cpu().numpy()
+    called = pair >= 0
+    sel = pair[called]
+
+    def on_calls(values, fill):
+        out = np.full(n, fill, dtype=object if fill is None else np.float64)
+        out[called] = np.asarray(values, dtype=out.dtype)[sel]
+        return out
+
+    assignments = pd.DataFrame({
+        "peak_id": peak_ids,
+        "compound_id": on_calls(cid, None), "name": on_calls(name, None),
+        "formula": on_calls(formula, None), "adduct": on_calls(adduct, None),
+        "isotope": on_calls(iso, None),
+        "prob": prob.cpu().numpy(),
+        "p_null": scored.p_null.cpu().numpy(),
+        "ppm_error": on_calls(ppm, np.nan), "rt_error": on_calls(rt_err, np.nan),
+        "n_candidates": scored.n_candidates.cpu().numpy().astype(np.int64),
+        "overflow": scored.overflow.cpu().numpy(),
+        "refined": refined.cpu().numpy(),
+    })
+    candidates = pd.DataFrame({
+        "peak_id": peak_ids.take(f.peak.cpu().numpy()),
+        "rank": scored.rank.cpu().numpy().astype(np.int64),
+        "compound_id": cid, "adduct": pd.array(adduct, dtype="string"),
+        "isotope": pd.array(iso, dtype="string"), "ppm_error": ppm, "rt_error": rt_err,
+        "prob": scored.prob.cpu().numpy(),
+    }).astype(CANDIDATE_DTYPES)
+    return assignments.astype(ASSIGNMENT_DTYPES), candidates

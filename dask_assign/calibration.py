@@ -1,0 +1,158 @@
+"""Self-calibration: the run's mass and RT error models and null prior, fitted by EM.
+
+Each EM step scores every peak's candidates with the current model (E-step, per partition, in
+parallel) and sums the responsibilities into a few sufficient statistics, from which the
+client updates the model (M-step): mass offset and spread, a linear map from library RT to
+observed RT and the spread around it, and the share of peaks that are none of the library's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .annotate import SearchSpace, peak_tensors, score_peaks
+from .config import AssignConfig, Calibration
+
+log = logging.getLogger(__name__)
+
+#: Sums over peaks that set the run context (spans, intensity scale).
+SUMMARY_COLUMNS = ("n", "mz_min", "mz_max", "rt_min", "rt_max", "li_n", "li_sum", "li_sq")
+#: Sufficient statistics of one EM step.
+EM_COLUMNS = ("n", "w", "we", "wee", "rw", "rx", "ry", "rxx", "rxy", "ryy")
+
+
+def peak_summary(part) -> pd.DataFrame:
+    """One row of sums and ranges of a partition (combined over partitions by the caller)."""
+    li = np.log(part["intensity"].to_numpy(dtype=np.float64, na_value=np.nan))
+    li = li[np.isfinite(li)]
+    mz = part["mz"].to_numpy(dtype=np.float64)
+    rt = part["rt"].to_numpy(dtype=np.float64)
+    empty = len(part) == 0
+    return pd.DataFrame({
+        "n": [float(len(part))],
+        "mz_min": [np.inf if empty else mz.min()], "mz_max": [-np.inf if empty else mz.max()],
+        "rt_min": [np.inf if empty else rt.min()], "rt_max": [-np.inf if empty else rt.max()],
+        "li_n": [float(li.size)], "li_sum": [li.sum()], "li_sq": [(li * li).sum()],
+    })
+
+
+def run_context(summary: pd.DataFrame, space: SearchSpace, config: AssignConfig) -> Calibration:
+    """The default calibration of a run, from the combined peak summary and the ion table."""
+    s = {
+        "n": summary["n"].sum(), "mz_min": summary["mz_min"].min(),
+        "mz_max": summary["mz_max"].max(), "rt_min": summary["rt_min"].min(),
+        "rt_max": summary["rt_max"].max(), "li_n": summary["li_n"].sum(),
+        "li_sum": summary["li_sum"].sum(), "li_sq": summary["li_sq"].sum(),
+    }
+    p = config.scorer
+    # The background is uniform over the searched space; floors keep tiny inputs sensible.
+    mz_span_ppm = max(math.log(max(s["mz_max"], 1.0) / max(s["mz_min"], 1.0)) * 1e6,
+                      100 * config.ppm)
+    rt_span = max(s["rt_max"] - s["rt_min"], 10 * config.rt_window, 1.0)
+    weights = p.adduct_weight * space.log_adduct_prior + p.isotope_weight * space.log_abundance
+    log_prior_mass = float(np.log(np.exp(weights).sum())) if weights.size else 0.0
+    if s["li_n"] >= 2:
+        center = s["li_sum"] / s["li_n"]
+        scale = math.sqrt(max(s["li_sq"] / s["li_n"] - center * center, 1e-6))
+    else:
+        center, scale = 0.0, 1.0
+    return Calibration(
+        mass_offset_ppm=p.mass_offset_ppm, mass_sigma_ppm=p.mass_sigma_ppm,
+        rt_sigma=p.rt_sigma, null_prior=p.null_prior, rt_span=rt_span,
+        log_volume=math.log(mz_span_ppm * rt_span), log_prior_mass=log_prior_mass,
+        log_intensity_center=center, log_intensity_scale=max(scale, 0.1), iterations=0,
+    )
+
+
+def em_statistics(part, space: SearchSpace, config: AssignConfig,
+                  calibration: Calibration) -> pd.DataFrame:
+    """E-step on one partition: responsibility-weighted sums of mass and RT errors.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row with ``EM_COLUMNS``.
+    """
+    peaks = peak_tensors(part, config.device)
+    scored = score_peaks(peaks, space.tensors(config.device), space, config, calibration,
+                         config.k_first)
+    f = scored.features
+    # Undo the unlisted-isomer share: the M-step fits the mixture itself.
+    w = (scored.prob / (1 - config.scorer.unlisted_prior)).nan_to_num(0.0)
+    e = f.ppm_error
+    has_rt = ~torch.isnan(f.ion_rt)
+    rw, x, y = w[has_rt], f.ion_rt[has_rt], f.peak_rt[has_rt]
+    vals = [float(len(part)), w.sum(), (w * e).sum(), (w * e * e).sum(), rw.sum(),
+            (rw * x).sum(), (rw * y).sum(), (rw * x * x).sum(), (rw * x * y).sum(),
+            (rw * y * y).sum()]
+    return pd.DataFrame({k: [float(v)] for k, v in zip(EM_COLUMNS, vals)})
+
+
+def m_step(stats: dict, calibration: Calibration, config: AssignConfig) -> Calibration:
+    """Update the calibration from summed EM statistics; keeps defaults where data are thin."""
+    c = calibration
+    if stats["w"] < 5:
+        return c  # too few matches to fit anything
+    mu = stats["we"] / stats["w"]
+    sigma = math.sqrt(max(stats["wee"] / stats["w"] - mu * mu, 0.0))
+    sigma = min(max(sigma, 0.2), config.ppm)
+    changes = {"mass_offset_ppm": mu, "mass_sigma_ppm": sigma}
+    rw = stats["rw"]
+    if rw >= 5:
+        mx, my = stats["rx"] / rw, stats["ry"] / rw
+        sxx = stats["rxx"] / rw - mx * mx
+        sxy = stats["rxy"] / rw - mx * my
+        # A slope needs spread in library RT; otherwise a shift alone.
+        b = sxy / sxx if sxx > 1e-3 else 1.0
+        b = min(max(b, 0.5), 2.0)
+        a = my - b * mx
+        resid = (stats["ryy"] / rw - 2 * a * my - 2 * b * stats["rxy"] / rw + a * a
+                 + 2 * a * b * mx + b * b * stats["rxx"] / rw)
+        rt_sigma = min(max(math.sqrt(max(resid, 0.0)), 0.01), config.rt_window)
+        changes.update(rt_intercept=a, rt_slope=b, rt_sigma=rt_sigma)
+    null = 1.0 - stats["w"] / max(stats["n"], 1.0)
+    changes["null_prior"] = min(max(null, 0.02), 0.98)
+    return c.replace(**changes, iterations=c.iterations + 1)
+
+
+def converged(old: Calibration, new: Calibration) -> bool:
+    """Whether an EM step changed the model by less than what matters to a score."""
+    return (abs(new.mass_offset_ppm - old.mass_offset_ppm) < 0.01
+            and abs(math.log(new.mass_sigma_ppm / old.mass_sigma_ppm)) < 0.01
+            and abs(new.rt_intercept - old.rt_intercept) < 1e-3
+            and abs(new.rt_slope - old.rt_slope) < 1e-4
+            and abs(math.log(new.rt_sigma / old.rt_sigma)) < 0.01
+            and abs(new.null_prior - old.null_prior) < 1e-3)
+
+
+def fit_calibration(stats_of, start: Calibration, config: AssignConfig) -> Calibration:
+    """Run EM from ``start``.
+
+    Parameters
+    ----------
+    stats_of : callable
+        ``stats_of(calibration) -> dict`` of summed ``EM_COLUMNS`` over all peaks (the caller
+        decides where the E-step runs: a dask cluster, or in-process).
+    start : Calibration
+    config : AssignConfig
+
+    Returns
+    -------
+    Calibration
+    """
+    c = start
+    for _ in range(config.em_iterations):
+        new = m_step(stats_of(c), c, config)
+        log.info("EM %d: mass %+.2f +/- %.2f ppm, RT = %.3f + %.4f x rt_lib +/- %.3f min, "
+                 "null prior %.3f", new.iterations, new.mass_offset_ppm, new.mass_sigma_ppm,
+                 new.rt_intercept, new.rt_slope, new.rt_sigma, new.null_prior)
+        done = new is c or converged(c, new)
+        c = new
+        if done:
+            break
+    return c

@@ -1,0 +1,137 @@
+"""Candidate filtering: the peak x ion range join on log-m/z bins, RT masking and top-K.
+
+The kernels are written once with torch, so the same code runs on CPU tensors (from pandas
+through NumPy, zero-copy) and on CUDA tensors (from cudf through DLPack).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class MassBinIndex:
+    """Start offsets of log-m/z bins over ions sorted by m/z.
+
+    A bin is ``width`` wide in log(m/z), at least the widest one-sided ppm window searched, so a
+    peak's window touches at most three bins: its own and the two beside it.
+
+    Attributes
+    ----------
+    width : float
+        Bin width in log(m/z).
+    origin : int
+        Bin number of the first entry of ``start``.
+    start : numpy.ndarray
+        ``start[b]`` is the first ion (in m/z order) in bin ``origin + b`` or later; one entry
+        more than there are bins.
+    """
+
+    width: float
+    origin: int
+    start: np.ndarray
+
+    @classmethod
+    def build(cls, ion_mz: np.ndarray, max_ppm: float) -> MassBinIndex:
+        """Index ions (sorted by m/z) for windows up to ``max_ppm`` either side."""
+        # The window [m/(1+t), m/(1-t)] reaches log(1/(1-t)) above log(m), a little more than
+        # log(1+t) below; a small margin absorbs rounding of the logarithms.
+        width = -math.log1p(-max_ppm * 1e-6) * (1 + 1e-9) + 1e-12
+        if len(ion_mz) == 0:
+            return cls(width, 0, np.zeros(1, dtype=np.int64))
+        bins = np.floor(np.log(ion_mz) / width).astype(np.int64)
+        origin = int(bins[0])
+        start = np.searchsorted(bins, np.arange(origin, int(bins[-1]) + 2), side="left")
+        return cls(width, origin, start.astype(np.int64))
+
+
+def range_join(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm: float,
+               rt_window: float):
+    """All (peak, ion) pairs within ``ppm`` and, where the ion has an RT, ``rt_window``.
+
+    A pair matches when ``|peak_mz - ion_mz| <= ppm * 1e-6 * ion_mz`` and either the ion's RT is
+    unknown (NaN) or ``|peak_rt - ion_rt| <= rt_window``.
+
+    Parameters
+    ----------
+    peak_mz, peak_rt : torch.Tensor
+        Peaks, any order.
+    ion_mz, ion_rt : torch.Tensor
+        Ions sorted by m/z, on the same device.
+    index : MassBinIndex
+        Built for these ions with ``max_ppm >= ppm``.
+    ppm, rt_window : float
+
+    Returns
+    -------
+    peak_idx, ion_idx : torch.Tensor (int64)
+        Matching pairs, ordered by peak, then by ion.
+
+    Examples
+    --------
+    >>> ions = torch.tensor([100.0, 100.0005, 200.0], dtype=torch.float64)
+    >>> rt = torch.tensor([1.0, float("nan"), 1.0], dtype=torch.float64)
+    >>> idx = MassBinIndex.build(ions.numpy(), 10.0)
+    >>> p, i = range_join(torch.tensor([100.0004], dtype=torch.float64),
+    ...                   torch.tensor([5.0], dtype=torch.float64), ions, rt, idx, 10.0, 0.5)
+    >>> i.tolist()  # 100.0 is 4 ppm off but 4 min away in RT; 100.0005 has no RT
+    [1]
+    """
+    device = peak_mz.device
+    n = peak_mz.shape[0]
+    start = torch.as_tensor(index.start, device=device)
+    nbins = start.shape[0] - 1
+    b = torch.floor(torch.log(peak_mz) / index.width).to(torch.int64) - index.origin
+    lo = start[torch.clamp(b - 1, 0, nbins)]
+    hi = start[torch.clamp(b + 2, 0, nbins)]
+    counts = hi - lo
+    total = int(counts.sum())
+    if total == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty
+    peak_idx = torch.repeat_interleave(torch.arange(n, device=device), counts)
+    # Position of each pair within its peak's block, added to the block's first ion.
+    block_start = torch.cumsum(counts, 0) - counts
+    ion_idx = (torch.arange(total, device=device) - block_start[peak_idx]) + lo[peak_idx]
+    tol = ppm * 1e-6 * ion_mz[ion_idx]
+    keep = torch.abs(peak_mz[peak_idx] - ion_mz[ion_idx]) <= tol
+    irt = ion_rt[ion_idx]
+    keep &= torch.isnan(irt) | (torch.abs(peak_rt[peak_idx] - irt) <= rt_window)
+    return peak_idx[keep], ion_idx[keep]
+
+
+def rank_within_peak(peak_idx, score):
+    """Order pairs by peak, best ``score`` first, and number them within each peak.
+
+    Ties keep the pairs' incoming order (ions by m/z), so the ranking of a peak never depends on
+    the other peaks of its partition.
+
+    Parameters
+    ----------
+    peak_idx : torch.Tensor (int64)
+        Peak of each pair.
+    score : torch.Tensor
+        Higher is better.
+
+    Returns
+    -------
+    order : torch.Tensor
+        Permutation of the pairs: grouped by peak, best first.
+    rank : torch.Tensor
+        0-based rank of each pair in ``order`` within its peak.
+    counts : torch.Tensor
+        Pairs per peak, for peaks ``0 .. peak_idx.max()``.
+    """
+    by_score = torch.sort(score, descending=True, stable=True).indices
+    by_peak = torch.sort(peak_idx[by_score], stable=True).indices
+    order = by_score[by_peak]
+    sorted_peaks = peak_idx[order]
+    n = int(sorted_peaks[-1]) + 1 if sorted_peaks.numel() else 0
+    counts = torch.bincount(sorted_peaks, minlength=n)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=order.device) - first[sorted_peaks]
+    return order, rank, counts

@@ -1,0 +1,204 @@
+"""AssignConfig: every knob of a run, in one frozen, picklable object passed down to the tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+OVERFLOW_POLICIES = ("prefilter", "rounds", "flag")
+
+
+@dataclass(frozen=True)
+class ScorerParams:
+    """Parameters of the default (untrained) scorer: a generative model of one peak.
+
+    A peak comes from one library ion, or from none ("null"). Each hypothesis has a prior and a
+    likelihood of what was measured; the posterior is a softmax over the peak's candidates and
+    the null slot. The defaults describe a typical high-resolution instrument and need no
+    training; a learned model (``--model``) replaces them.
+
+    Attributes
+    ----------
+    mass_offset_ppm, mass_sigma_ppm : float
+        Systematic offset and spread of the mass error (ppm), Gaussian.
+    rt_sigma : float
+        Spread of the difference between observed and library retention time (minutes).
+    null_prior : float
+        Prior probability that a peak is none of the library's ions.
+    isotope_weight : float
+        Weight of the log isotope abundance (13C1, 13C2) in the prior of an isotope ion.
+    adduct_weight : float
+        Weight of the log adduct prior.
+    intensity_weight : float
+        Weight of the intensity term: how much an isotope peak must be weaker than its
+        monoisotopic peak by its predicted abundance (log-normal intensity model).
+    count_weight : float
+        Weight of log(number of candidates); 0 in the generative model (the softmax already
+        shares probability among candidates), free for a learned scorer.
+    unlisted_prior : float
+        Chance that a peak matching a library ion perfectly is an unlisted compound of the same
+        formula eluting at the same time (an isomer missing from the library). No single peak
+        can tell these apart, so every call keeps at least this much probability on the null.
+    """
+
+    mass_offset_ppm: float = 0.0
+    mass_sigma_ppm: float = 3.0
+    rt_sigma: float = 0.15
+    null_prior: float = 0.5
+    isotope_weight: float = 1.0
+    adduct_weight: float = 1.0
+    intensity_weight: float = 0.0
+    count_weight: float = 0.0
+    unlisted_prior: float = 0.05
+
+
+@dataclass(frozen=True)
+class AssignConfig:
+    """Settings of one annotation run.
+
+    Frozen and picklable: it is built once on the client and travels with the tasks, so no task
+    reads a global. Defaults need no tuning per data set.
+
+    Attributes
+    ----------
+    mode : {"positive", "negative"}
+        Ionisation mode; selects the adduct table.
+    adducts : tuple of str, optional
+        Adduct names to search; ``None`` takes the built-in defaults of ``mode``.
+    adduct_table : str, optional
+        A user adduct table (TSV/CSV, same columns as the built-in one) replacing the built-in.
+    ppm : float
+        Mass tolerance of the candidate search (ppm, either side).
+    rt_window : float
+        Retention-time tolerance of the candidate search (minutes, either side) where the library
+        has a retention time; compounds without one are not masked by RT.
+    rt_unit : {"auto", "min", "s"}
+        Unit of the peak table's retention times; ``auto`` infers it (and logs why).
+    library_rt_unit : {"min", "s"}
+        Unit of the library's retention times.
+    max_isotope : int
+        Highest 13C isotope peak searched (0, 1 or 2).
+    k_first : int
+        Candidates kept per peak in the first pass.
+    k_max : int
+        Candidates kept per peak at most (second pass); more are handled by ``overflow``.
+    overflow : {"prefilter", "rounds", "flag"}
+        What happens to a peak with more candidates than kept: ``prefilter`` scores the best by
+        a simple combined score; ``rounds`` scores all of them in rounds of ``k`` and combines the
+        rounds exactly; ``flag`` makes no call and leaves the peak for review. In every case
+        ``n_candidates`` holds the full count and ``overflow`` is set.
+    refine_below : float
+        Rows whose best probability (null included) is below this are refined.
+    refine_widen : float
+        Factor by which the refinement widens the ppm and RT windows.
+    scorer : ScorerParams
+        Parameters of the default scorer.
+    calibrate : bool
+        Fit the mass and RT error models and the null prior from the data (EM) before scoring.
+    em_iterations : int
+        Most EM iterations of the calibration.
+    partition_size : int
+        Peaks per partition when reading text files.
+    device : str
+        Torch device of the scoring kernels (``cpu`` or ``cuda``).
+    """
+
+    mode: str = "positive"
+    adducts: tuple[str, ...] | None = None
+    adduct_table: str | None = None
+    ppm: float = 10.0
+    rt_window: float = 0.5
+    rt_unit: str = "auto"
+    library_rt_unit: str = "min"
+    max_isotope: int = 2
+    k_first: int = 20
+    k_max: int = 50
+    overflow: str = "prefilter"
+    refine_below: float = 0.5
+    refine_widen: float = 2.0
+    scorer: ScorerParams = field(default_factory=ScorerParams)
+    calibrate: bool = True
+    em_iterations: int = 8
+    partition_size: int = 250_000
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.mode not in ("positive", "negative"):
+            raise ValueError(f"mode must be 'positive' or 'negative', not {self.mode!r}")
+        if self.rt_unit not in ("auto", "min", "s"):
+            raise ValueError(f"rt_unit must be 'auto', 'min' or 's', not {self.rt_unit!r}")
+        if self.library_rt_unit not in ("min", "s"):
+            raise ValueError(f"library_rt_unit must be 'min' or 's', not {self.library_rt_unit!r}")
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {self.overflow!r}")
+        if not 0 < self.ppm < 1e5:
+            raise ValueError(f"ppm must be positive, not {self.ppm!r}")
+        if not self.rt_window > 0:
+            raise ValueError(f"rt_window must be positive, not {self.rt_window!r}")
+        if not 1 <= self.k_first <= self.k_max:
+            raise ValueError("need 1 <= k_first <= k_max")
+        if self.max_isotope not in (0, 1, 2):
+            raise ValueError("max_isotope must be 0, 1 or 2")
+        if self.refine_widen < 1:
+            raise ValueError("refine_widen must be >= 1")
+        if self.adducts is not None:
+            object.__setattr__(self, "adducts", tuple(self.adducts))
+
+    def replace(self, **changes) -> AssignConfig:
+        """A copy with some fields changed (the object itself is frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        """The settings as JSON, for the output manifest."""
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a run knows of its instrument and data: fitted (EM) or from the defaults.
+
+    Small and frozen, it travels to the tasks like the configuration.
+
+    Attributes
+    ----------
+    mass_offset_ppm, mass_sigma_ppm : float
+        Mass error model (ppm).
+    rt_intercept, rt_slope : float
+        Mapping of library RT to expected observed RT (minutes): ``a + b * rt_library``.
+    rt_sigma : float
+        Spread of observed RT around the mapping (minutes).
+    null_prior : float
+        Prior share of peaks that are none of the library's ions.
+    rt_span : float
+        RT range of the peaks (minutes): the background's RT density is ``1 / rt_span``.
+    log_volume : float
+        log of the searched space (ppm of m/z range times minutes of RT range).
+    log_prior_mass : float
+        log of the summed prior weights of all ions.
+    log_intensity_center, log_intensity_scale : float
+        Mean and spread of the peaks' log intensities.
+    iterations : int
+        EM iterations run (0: defaults, not fitted).
+    """
+
+    mass_offset_ppm: float = 0.0
+    mass_sigma_ppm: float = 3.0
+    rt_intercept: float = 0.0
+    rt_slope: float = 1.0
+    rt_sigma: float = 0.15
+    null_prior: float = 0.5
+    rt_span: float = 20.0
+    log_volume: float = 17.0
+    log_prior_mass: float = 0.0
+    log_intensity_center: float = 11.0
+    log_intensity_scale: float = 2.0
+    iterations: int = 0
+
+    def replace(self, **changes) -> Calibration:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (for logs and the output folder)."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,158 @@
+"""The dask graph: read -> summarise -> calibrate (EM) -> score and refine -> write.
+
+Peaks are a dask DataFrame (pandas or cudf partitions); the library is small and becomes one
+:class:`~dask_assign.annotate.SearchSpace` that every task shares (one graph key, so each
+worker receives it once). Task names say what they do, so the dashboard's task stream reads
+as the pipeline: ``summarize_peaks``, ``em_step``, ``score_partition``, ``write_partition``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+
+from .adducts import select_adducts
+from .annotate import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES, SearchSpace, annotate_partition
+from .calibration import EM_COLUMNS, SUMMARY_COLUMNS, em_statistics, fit_calibration, \
+    peak_summary, run_context
+from .config import AssignConfig, Calibration
+from .io import read_library, read_peaks
+from .ions import build_ions
+
+log = logging.getLogger(__name__)
+
+
+def prepare_library(library, config: AssignConfig) -> SearchSpace:
+    """Library (path or frame from :func:`~dask_assign.io.read_library`) -> search space."""
+    if not isinstance(library, pd.DataFrame):
+        library = read_library(library, rt_unit=config.library_rt_unit)
+    adducts = select_adducts(config.mode, config.adducts, config.adduct_table)
+    table = build_ions(library, adducts, config.max_isotope)
+    log.info("library: %d compounds, %d ions (%d adducts, up to 13C%d)", len(library),
+             len(table), len(adducts), config.max_isotope)
+    return SearchSpace.build(table, config.ppm * config.refine_widen)
+
+
+def summarize_peaks(part):
+    """Task: sums and ranges of one partition (for the run context)."""
+    return peak_summary(part)
+
+
+def em_step(part, space, config, calibration):
+    """Task: the E-step of calibration on one partition."""
+    return em_statistics(part, space, config, calibration)
+
+
+def score_partition(part, space, config, calibration):
+    """Task: candidates, scores and refinement of one partition -> assignments."""
+    assignments, _ = annotate_partition(part, space, config, calibration)
+    return _to_backend_of(part, assignments)
+
+
+def score_candidates(part, space, config, calibration):
+    """Task: as :func:`score_partition`, the long candidates table."""
+    _, candidates = annotate_partition(part, space, config, calibration)
+    return _to_backend_of(part, candidates)
+
+
+def _to_backend_of(part, frame: pd.DataFrame):
+    if isinstance(part, pd.DataFrame):
+        return frame
+    import cudf  # a cudf partition came in: hand one back
+
+    return cudf.from_pandas(frame)
+
+
+def _sum(frames: dd.DataFrame) -> dict:
+    total = frames.compute()
+    total = total.to_pandas() if hasattr(total, "to_pandas") else total
+    return total
+
+
+def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig) -> Calibration:
+    """The run's calibration: defaults from the data's ranges, then EM if ``config.calibrate``.
+
+    Runs on whatever scheduler is active (a distributed client when one is connected).
+    """
+    space_key = dask.delayed(space, pure=True)
+    summary = _sum(peaks.map_partitions(summarize_peaks,
+                                        meta={c: "float64" for c in SUMMARY_COLUMNS}))
+    start = run_context(summary, space, config)
+    if not config.calibrate:
+        return start
+
+    def stats_of(calibration):
+        parts = peaks.map_partitions(em_step, space_key, config, calibration,
+                                     meta={c: "float64" for c in EM_COLUMNS})
+        return _sum(parts).sum().to_dict()
+
+    return fit_calibration(stats_of, start, config)
+
+
+def _as_ddf(peaks, config: AssignConfig) -> dd.DataFrame:
+    if isinstance(peaks, dd.DataFrame):
+        return peaks
+    if isinstance(peaks, pd.DataFrame):
+        ddf = dd.from_pandas(peaks, chunksize=config.partition_size, sort=False)
+        backend = dask.config.get("dataframe.backend", "pandas")
+        return ddf if backend == "pandas" else ddf.to_backend(backend)
+    return read_peaks(peaks, rt_unit=config.rt_unit, partition_size=config.partition_size)
+
+
+def assign(peaks, library, config: AssignConfig | None = None, client=None,
+           calibration: Calibration | None = None) -> dd.DataFrame:
+    """Annotate peaks against a library.
+
+    Parameters
+    ----------
+    peaks : str, Path, pandas.DataFrame or dask.dataframe.DataFrame
+        A peak table (file, or frame with ``peak_id``, ``mz``, ``rt`` in minutes,
+        ``intensity``).
+    library : str, Path or pandas.DataFrame
+        A compound library (file, or frame from :func:`~dask_assign.io.read_library`).
+    config : AssignConfig, optional
+    client : distributed.Client, optional
+        Where the calibration runs; the current client (or scheduler) when omitted.
+    calibration : Calibration, optional
+        A calibration to use as it is (no fitting).
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        Lazy; one row per peak with the columns of ``ASSIGNMENT_DTYPES``. Calibration (if on)
+        has already run, since the scores depend on it.
+
+    Examples
+    --------
+    >>> import dask_assign  # doctest: +SKIP
+    >>> result = dask_assign.assign("peaks.csv", "library.csv").compute()  # doctest: +SKIP
+    """
+    config = config or AssignConfig()
+    ddf = _as_ddf(peaks, config)
+    space = prepare_library(library, config)
+    if calibration is None:
+        if client is not None:
+            with client.as_current():
+                calibration = calibrate(ddf, space, config)
+        else:
+            calibration = calibrate(ddf, space, config)
+    return ddf.map_partitions(score_partition, dask.delayed(space, pure=True), config,
+                              calibration, meta=dict(ASSIGNMENT_DTYPES))
+
+
+def candidates(peaks, library, config: AssignConfig, calibration: Calibration) -> dd.DataFrame:
+    """The long candidates table (lazy), for the same settings and calibration as
+    :func:`assign`."""
+    ddf = _as_ddf(peaks, config)
+    space = prepare_library(library, config)
+    return ddf.map_partitions(score_candidates, dask.delayed(space, pure=True), config,
+                              calibration, meta=dict(CANDIDATE_DTYPES))
+
+
+def default_library_path() -> Path:
+    """The demo library shipped with the package."""
+    return Path(__file__).parent / "data" / "demo" / "library.csv"
