@@ -1,2 +1,16 @@
+"""dask-assign: probabilistic LC-MS peak annotation at scale on Dask.
+
+For every peak: the most probable library compound, adduct and 13C isotope, the probability of
+that call, and the probability that the peak is none of the library's compounds.
+"""
+
 from importlib.metadata import version
+
+from .config import AssignConfig, Calibration, ScorerParams
+from .errors import InputError
+from .io import load_peaks, read_library, read_peaks
+from .pipeline import assign, candidates, run
+
 __version__ = version("dask-assign")
+__all__ = ["AssignConfig", "Calibration", "InputError", "ScorerParams", "assign", "candidates",
+           "load_peaks", "read_library", "read_peaks", "run", "__version__"]

@@ -67,26 +67,31 @@ class Adduct:
 def _table_to_adducts(table: pd.DataFrame, source: str) -> dict[str, Adduct]:
     missing = [c for c in ADDUCT_COLUMNS if c not in table.columns]
     if missing:
-        raise InputError(source, f"missing columns {missing}; an adduct table needs {list(ADDUCT_COLUMNS)}")
+        raise InputError(source, f"missing columns {missing}; an adduct table needs "
+                         f"{list(ADDUCT_COLUMNS)}")
     out: dict[str, Adduct] = {}
     for i, row in enumerate(table.itertuples(index=False), start=1):
         name = str(row.name).strip()
         if name in out:
-            raise InputError(source, "duplicate adduct name", column="name", rows=[i], values=[name])
+            raise InputError(source, "duplicate adduct name", column="name", rows=[i],
+                             values=[name])
         for col in ("add", "sub"):
             text = "" if pd.isna(getattr(row, col)) else str(getattr(row, col)).strip()
             if text not in ("", "-"):
                 try:
                     parse_formula(text)
                 except ValueError as err:
-                    raise InputError(source, str(err), column=col, rows=[i], values=[text]) from None
+                    raise InputError(source, str(err), column=col, rows=[i],
+                                     values=[text]) from None
         try:
             mult, charge, prior = int(row.mult), int(row.charge), float(row.prior)
         except (TypeError, ValueError):
             raise InputError(source, "mult, charge and prior must be numbers", rows=[i]) from None
         if mult < 1 or charge == 0 or not prior > 0:
-            raise InputError(source, "need mult >= 1, charge != 0 and prior > 0", rows=[i], values=[name])
-        clean = [("" if pd.isna(v) or str(v).strip() == "-" else str(v).strip()) for v in (row.add, row.sub)]
+            raise InputError(source, "need mult >= 1, charge != 0 and prior > 0", rows=[i],
+                             values=[name])
+        clean = [("" if pd.isna(v) or str(v).strip() == "-" else str(v).strip())
+                 for v in (row.add, row.sub)]
         out[name] = Adduct(name, mult, clean[0], clean[1], charge, prior)
     return out
 

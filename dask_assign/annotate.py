@@ -214,7 +214,9 @@ def annotate_tensors(peaks: dict, space: SearchSpace, config: AssignConfig,
     n = peaks["mz"].shape[0]
     scored = score_peaks(peaks, ions, space, config, calibration, config.k_first)
     pair, prob = best_calls(scored, n)
-    refined = prob < config.refine_below  # NaN (flagged) compares False: left for review
+    # Low confidence, or nothing in the first window (a drifted match may lie just beyond).
+    # NaN (a flagged overflow) compares False: it is left for review.
+    refined = (prob < config.refine_below) | (scored.n_candidates == 0)
     redo = torch.nonzero(refined).flatten()
     if redo.numel():
         sub = {k: v[redo] for k, v in peaks.items()}

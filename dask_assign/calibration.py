@@ -90,7 +90,7 @@ def em_statistics(part, space: SearchSpace, config: AssignConfig,
     vals = [float(len(part)), w.sum(), (w * e).sum(), (w * e * e).sum(), rw.sum(),
             (rw * x).sum(), (rw * y).sum(), (rw * x * x).sum(), (rw * x * y).sum(),
             (rw * y * y).sum()]
-    return pd.DataFrame({k: [float(v)] for k, v in zip(EM_COLUMNS, vals)})
+    return pd.DataFrame({k: [float(v)] for k, v in zip(EM_COLUMNS, vals, strict=True)})
 
 
 def m_step(stats: dict, calibration: Calibration, config: AssignConfig) -> Calibration:

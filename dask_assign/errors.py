@@ -55,7 +55,7 @@ class InputError(ValueError):
         if self.rows:
             shown = self.rows[: self.max_rows]
             if self.values:
-                items = ", ".join(f"{r}: {v!r}" for r, v in zip(shown, self.values))
+                items = ", ".join(f"{r}: {v!r}" for r, v in zip(shown, self.values, strict=False))
             else:
                 items = ", ".join(str(r) for r in shown)
             more = f" and {len(self.rows) - len(shown)} more" if len(self.rows) > len(shown) else ""

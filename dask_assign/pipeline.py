@@ -8,7 +8,10 @@ as the pipeline: ``summarize_peaks``, ``em_step``, ``score_partition``, ``write_
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import dask
@@ -17,8 +20,14 @@ import pandas as pd
 
 from .adducts import select_adducts
 from .annotate import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES, SearchSpace, annotate_partition
-from .calibration import EM_COLUMNS, SUMMARY_COLUMNS, em_statistics, fit_calibration, \
-    peak_summary, run_context
+from .calibration import (
+    EM_COLUMNS,
+    SUMMARY_COLUMNS,
+    em_statistics,
+    fit_calibration,
+    peak_summary,
+    run_context,
+)
 from .config import AssignConfig, Calibration
 from .io import read_library, read_peaks
 from .ions import build_ions
@@ -153,6 +162,80 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration) -
                               calibration, meta=dict(CANDIDATE_DTYPES))
 
 
-def default_library_path() -> Path:
-    """The demo library shipped with the package."""
-    return Path(__file__).parent / "data" / "demo" / "library.csv"
+
+
+def run(peaks, library, out, config: AssignConfig | None = None, client=None,
+        fmt: str = "parquet", columns=None, sources: dict | None = None) -> dict:
+    """Annotate a peak table and write the results to a folder, atomically.
+
+    Parameters
+    ----------
+    peaks : str, Path or dask.dataframe.DataFrame
+        Peak table file, or peaks already read with :func:`~dask_assign.io.read_peaks`.
+    library : str, Path or SearchSpace
+        Library file, or a search space from :func:`prepare_library`.
+    out : str or Path
+        Output folder: ``assignments.<fmt>``, ``candidates.<fmt>``, ``calibration.json``,
+        ``manifest.json`` and ``_SUCCESS``. Nothing is written there unless the run succeeds.
+    config : AssignConfig, optional
+    client : distributed.Client, optional
+        The cluster to run on; the current client (or scheduler) when omitted.
+    fmt : {"parquet", "csv"}
+    columns : dict, optional
+        Explicit peak-table column mapping.
+    sources : dict, optional
+        ``{"peaks": path, "library": path}`` for the manifest when already-read inputs are
+        given.
+
+    Returns
+    -------
+    dict
+        The run summary (also in ``manifest.json``).
+    """
+    from . import __version__, output
+
+    if fmt not in output.FORMATS:
+        raise ValueError(f"format must be one of {output.FORMATS}, not {fmt!r}")
+    config = config or AssignConfig()
+    t0 = time.perf_counter()
+    ddf = peaks if isinstance(peaks, dd.DataFrame) else read_peaks(
+        peaks, columns=columns, rt_unit=config.rt_unit, partition_size=config.partition_size)
+    space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
+    sources = sources or {"peaks": peaks, "library": library}
+    staging = output.new_staging(Path(out))
+    try:
+        with client.as_current() if client is not None else nullcontext():
+            calibration = calibrate(ddf, space, config)
+            t_cal = time.perf_counter()
+            written = ddf.map_partitions(
+                output.write_partition, dask.delayed(space, pure=True), config, calibration,
+                str(staging), fmt, meta=output.WRITE_SUMMARY_META).compute()
+        written = written.to_pandas() if hasattr(written, "to_pandas") else written
+        output.combine_parts(staging, fmt)
+        t_end = time.perf_counter()
+        n = int(written["peaks"].sum())
+        assigned = int(written["assigned"].sum())
+        summary = {
+            "peaks": n, "assigned": assigned, "not_in_library": n - assigned,
+            "mean_confidence": float(written["prob_sum"].sum() / max(n, 1)),
+            "refined": int(written["refined"].sum()),
+            "overflow": int(written["overflow"].sum()),
+            "candidates": int(written["candidates"].sum()),
+            "n_candidates_p99": float(written["n_cand_p99"].max()),
+            "partitions": int(len(written)), "ions": int(len(space.mz)),
+            "seconds": {"calibrate": t_cal - t0, "score_and_write": t_end - t_cal,
+                        "total": t_end - t0},
+        }
+        (staging / "calibration.json").write_text(json.dumps(calibration.to_dict(), indent=1))
+        manifest = {
+            "dask_assign_version": __version__,
+            "inputs": {k: {"path": str(Path(v).resolve()), "sha256": output.sha256(v)}
+                       for k, v in sources.items() if isinstance(v, (str, Path))},
+            "config": json.loads(config.to_json()), "calibration": calibration.to_dict(),
+            "format": fmt, "summary": summary,
+        }
+        output.commit(staging, Path(out), manifest)
+    except BaseException:
+        output.discard(staging)
+        raise
+    return summary

@@ -1,0 +1,161 @@
+"""Command line: ``dask-assign run`` (annotate), ``dask-assign demo`` (the shipped demo)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import InputError
+
+log = logging.getLogger("dask_assign")
+
+DEMO_DIR = Path(__file__).parent / "data" / "demo"
+
+
+def _columns(text):
+    if not text:
+        return None
+    try:
+        return dict(item.split("=", 1) for item in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "--columns takes NAME=COLUMN,... e.g. mz=MZ,rt=RT") from None
+
+
+def _add_run_options(p: argparse.ArgumentParser):
+    p.add_argument("--mode", choices=["positive", "negative"], default="positive")
+    p.add_argument("--rt-unit", choices=["auto", "min", "s"], default="auto",
+                   help="unit of the peak table's RT (default: inferred, and logged)")
+    p.add_argument("--library-rt-unit", choices=["min", "s"], default="min")
+    p.add_argument("--ppm", type=float, default=10.0, help="mass tolerance, ppm (default 10)")
+    p.add_argument("--rt-window", type=float, default=0.5,
+                   help="RT tolerance where the library has RT, minutes (default 0.5)")
+    p.add_argument("--adducts", help="comma-separated adduct names (default: common ones)")
+    p.add_argument("--adduct-table", help="a TSV/CSV adduct table replacing the built-in one")
+    p.add_argument("--k-max", type=int, default=50, help="most candidates kept per peak")
+    p.add_argument("--overflow", choices=["prefilter", "rounds", "flag"], default="prefilter")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="use the default error models instead of fitting them (EM)")
+    p.add_argument("--columns", type=_columns, help="peak columns, e.g. mz=MZ,rt=RT,peak_id=ID")
+    p.add_argument("--partition-size", type=int, default=250_000, help="peaks per partition")
+    p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler")
+    p.add_argument("--workers", type=int, help="worker processes of the local cluster")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _config(args):
+    from .config import AssignConfig
+
+    adducts = tuple(a for a in args.adducts.split(",")) if args.adducts else None
+    return AssignConfig(
+        mode=args.mode, adducts=adducts, adduct_table=args.adduct_table, ppm=args.ppm,
+        rt_window=args.rt_window, rt_unit=args.rt_unit, library_rt_unit=args.library_rt_unit,
+        k_first=min(20, args.k_max), k_max=args.k_max, overflow=args.overflow,
+        calibrate=not args.no_calibrate, partition_size=args.partition_size,
+    )
+
+
+def _run(args, peaks, library, out) -> dict:
+    from .cluster import connect
+    from .io import read_peaks
+    from .pipeline import prepare_library, run
+
+    # Settings and inputs are checked before any cluster starts.
+    config = _config(args)
+    space = prepare_library(library, config)
+    ddf = read_peaks(peaks, columns=args.columns, rt_unit=config.rt_unit,
+                     partition_size=config.partition_size)
+    client, cluster = connect(args.scheduler, args.workers)
+    try:
+        print(f"dashboard: {client.dashboard_link}", flush=True)
+        summary = run(ddf, space, out, config, client=client, fmt=args.format,
+                      sources={"peaks": peaks, "library": library})
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    summary["dashboard"] = client.dashboard_link
+    return summary
+
+
+def _print_summary(summary: dict, out):
+    print(f"peaks            {summary['peaks']}")
+    print(f"assigned         {summary['assigned']}")
+    print(f"not in library   {summary['not_in_library']}")
+    print(f"mean confidence  {summary['mean_confidence']:.3f}")
+    print(f"refined          {summary['refined']}   overflow {summary['overflow']}")
+    print(f"time             {summary['seconds']['total']:.1f} s")
+    print(f"dashboard        {summary['dashboard']}")
+    print(f"output           {out}")
+
+
+def cmd_run(args) -> int:
+    summary = _run(args, args.peaks, args.library, args.out)
+    _print_summary(summary, args.out)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import pandas as pd
+
+    from .evaluate import evaluate
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    summary = _run(args, DEMO_DIR / "peaks.csv", DEMO_DIR / "library.csv", out)
+    print("dask-assign demo: RepoRT 0392 (reversed phase, positive mode; CC BY-SA 4.0)")
+    _print_summary(summary, out)
+    result = pd.read_parquet(out / "assignments.parquet") if args.format == "parquet" \
+        else pd.read_csv(out / "assignments.csv", dtype={"peak_id": str, "compound_id": str})
+    scores = evaluate(result, pd.read_csv(DEMO_DIR / "truth.csv", dtype=str))
+    print("accuracy against the shipped truth:")
+    print("  " + "  ".join(f"{k}={v}" for k, v in scores.items()))
+    print(f"wall time        {time.perf_counter() - t0:.1f} s (cluster start included)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dask-assign",
+        description="Probabilistic LC-MS peak annotation on Dask: compound, adduct, isotope, "
+                    "with a calibrated probability and a 'not in library' probability.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="annotate a peak table against a library")
+    p.add_argument("peaks", help="peak table: CSV, TSV or Parquet")
+    p.add_argument("library", help="compound library: CSV, TSV or Parquet")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_run)
+    d = sub.add_parser("demo", help="annotate the shipped demo data and score it")
+    d.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    _add_run_options(d)
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``dask-assign`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    for handler in logging.root.handlers:
+        handler.setLevel(level)  # distributed's loggers carry their own INFO level
+    if not args.verbose:
+        # Worker processes read this when they start: keep their start-up chatter quiet too.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    try:
+        return args.func(args)
+    except (InputError, ValueError, FileNotFoundError) as err:
+        print(f"dask-assign: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""EM recovers what the simulation put in: mass offset and spread, linear RT drift, null share.
+
+The drift stays inside the first-pass RT window (0.5 min); a wider first pass for larger drifts
+is future work."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dask_assign.adducts import select_adducts
+from dask_assign.annotate import SearchSpace
+from dask_assign.calibration import em_statistics, fit_calibration, peak_summary, run_context
+from dask_assign.config import AssignConfig
+from dask_assign.ions import build_ions
+from tests.conftest import library_frame
+
+
+def simulate(rng, offset=-2.0, sigma=1.5, shift=0.1, slope=1.02, rt_sd=0.04, n_lib=400,
+             unknown=0.3):
+    formulas = [f"C{rng.integers(5, 30)}H{rng.integers(6, 50)}N{rng.integers(1, 4)}"
+                f"O{rng.integers(1, 10)}" for _ in range(n_lib)]
+    lib = library_frame([(f"c{i}", f, float(rng.uniform(0.5, 14))) for i, f in
+                         enumerate(formulas)])
+    config = AssignConfig(adducts=("[M+H]+", "[M+Na]+"), max_isotope=0)
+    table = build_ions(lib, select_adducts("positive", config.adducts), 0)
+    ions = table.ions.sample(frac=0.6, random_state=1)
+    n_known = len(ions)
+    mz = ions["mz"].to_numpy() * (1 + (offset + sigma * rng.standard_normal(n_known)) * 1e-6)
+    rt = shift + slope * ions["rt"].to_numpy() + rt_sd * rng.standard_normal(n_known)
+    n_unknown = int(n_known * unknown / (1 - unknown))
+    mz = np.concatenate([mz, rng.uniform(100, 700, n_unknown)])
+    rt = np.concatenate([rt, rng.uniform(0.5, 15, n_unknown)])
+    peaks = pd.DataFrame({"peak_id": [f"p{i}" for i in range(mz.size)], "mz": mz, "rt": rt,
+                          "intensity": 1e5})
+    return peaks, SearchSpace.build(table, 20.0), config
+
+
+def fit(peaks, space, config):
+    start = run_context(peak_summary(peaks), space, config)
+
+    def stats_of(c):
+        return em_statistics(peaks, space, config, c).sum().to_dict()
+
+    return start, fit_calibration(stats_of, start, config)
+
+
+def test_em_recovers_mass_and_rt_models(rng):
+    peaks, space, config = simulate(rng)
+    start, cal = fit(peaks, space, config)
+    assert start.iterations == 0 and cal.iterations >= 2
+    assert cal.mass_offset_ppm == pytest.approx(-2.0, abs=0.25)
+    assert cal.mass_sigma_ppm == pytest.approx(1.5, abs=0.3)
+    assert cal.rt_intercept == pytest.approx(0.1, abs=0.05)
+    assert cal.rt_slope == pytest.approx(1.02, abs=0.01)
+    assert cal.rt_sigma == pytest.approx(0.04, abs=0.02)
+    assert cal.null_prior == pytest.approx(0.3, abs=0.08)
+
+
+def test_em_keeps_defaults_when_nothing_matches(rng):
+    peaks, space, config = simulate(rng)
+    far = peaks.assign(mz=peaks["mz"] + 0.3)  # nothing within 10 ppm
+    start, cal = fit(far, space, config)
+    assert cal.mass_offset_ppm == start.mass_offset_ppm
+    assert cal.rt_sigma == start.rt_sigma

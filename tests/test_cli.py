@@ -1,0 +1,61 @@
+"""The command line, end to end, on a LocalCluster started by the command itself."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import DEMO
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "dask_assign.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_run_end_to_end_csv(tmp_path):
+    out = tmp_path / "result"
+    res = cli("run", DEMO / "peaks.csv", DEMO / "library.csv", "--out", out, "--workers", "2",
+              "--format", "csv", "--partition-size", "400", "--k-max", "30")
+    assert res.returncode == 0, res.stderr
+    assert "dashboard" in res.stdout and "http://127.0.0.1:" in res.stdout
+    a = pd.read_csv(out / "assignments.csv", dtype={"peak_id": str})
+    peaks = pd.read_csv(DEMO / "peaks.csv", dtype={"peak_id": str})
+    assert a["peak_id"].tolist() == peaks["peak_id"].tolist()
+    assert a["prob"].between(0, 1).all()
+    c = pd.read_csv(out / "candidates.csv")
+    assert c["rank"].max() < 30
+    assert (out / "_SUCCESS").exists()
+
+
+def test_demo_prints_summary_and_accuracy(tmp_path):
+    res = cli("demo", "--out", tmp_path / "demo", "--workers", "2")
+    assert res.returncode == 0, res.stderr
+    for word in ("peaks            1119", "assigned", "not in library", "mean confidence",
+                 "dashboard", "known_top1=", "overall=", "ece="):
+        assert word in res.stdout
+
+
+@pytest.mark.parametrize("make_input,expect", [
+    (lambda d: d.joinpath("p.csv").write_text("peak_id,mz,rt\na,100,1\nb,-3,2\n"),
+     "p.csv: column 'mz': m/z must be positive (lines 3: -3.0)"),
+    (lambda d: d.joinpath("p.csv").write_text("peak_id,mz,rt\na,100,1\na,101,2\n"),
+     "duplicate peak id"),
+    (lambda d: d.joinpath("p.csv").write_text(""), "is empty"),
+])
+def test_bad_input_fails_cleanly(tmp_path, make_input, expect):
+    make_input(tmp_path)
+    out = tmp_path / "out"
+    res = cli("run", tmp_path / "p.csv", DEMO / "library.csv", "--out", out)
+    assert res.returncode == 2
+    assert expect in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_unknown_adduct_fails_before_any_work(tmp_path):
+    res = cli("run", DEMO / "peaks.csv", DEMO / "library.csv", "--out", tmp_path / "o",
+              "--adducts", "[M+H]+,[M+Zz]+")
+    assert res.returncode == 2 and "unknown adduct(s) ['[M+Zz]+']" in res.stderr
+    assert not (tmp_path / "o").exists()

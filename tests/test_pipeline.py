@@ -1,0 +1,102 @@
+"""The dask pipeline on real clusters: invariance to partitions and workers, accuracy."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dask_assign.cluster import connect
+from dask_assign.config import AssignConfig
+from dask_assign.pipeline import assign, run
+from tests.conftest import DEMO, SETS, SHARED
+
+NUMERIC = ["prob", "p_null", "ppm_error", "rt_error"]
+
+
+def assert_same_assignments(a: pd.DataFrame, b: pd.DataFrame):
+    a, b = a.reset_index(drop=True), b.reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns=NUMERIC), b.drop(columns=NUMERIC))
+    # Calibration sums over partitions in another order: equal to rounding.
+    for col in NUMERIC:
+        np.testing.assert_allclose(a[col], b[col], rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+def test_one_or_seven_partitions_same_result(local_client):
+    peaks, lib = DEMO / "peaks.csv", DEMO / "library.csv"
+    one = assign(peaks, lib, AssignConfig(partition_size=10_000), client=local_client)
+    seven = assign(peaks, lib, AssignConfig(partition_size=160), client=local_client)
+    assert (one.npartitions, seven.npartitions) == (1, 7)
+    with local_client.as_current():
+        assert_same_assignments(one.compute(), seven.compute())
+
+
+@pytest.mark.slow
+def test_one_or_two_worker_processes_same_output(local_client, tmp_path):
+    peaks, lib = DEMO / "peaks.csv", DEMO / "library.csv"
+    config = AssignConfig(partition_size=200)
+    run(peaks, lib, tmp_path / "two", config, client=local_client)
+    client, cluster = connect(workers=1)
+    try:
+        assert len(client.scheduler_info()["workers"]) == 1
+        run(peaks, lib, tmp_path / "one", config, client=client)
+    finally:
+        client.close()
+        cluster.close()
+    assert len(local_client.scheduler_info()["workers"]) == 2
+    for name in ("assignments", "candidates"):
+        one = pd.read_parquet(tmp_path / "one" / f"{name}.parquet")
+        two = pd.read_parquet(tmp_path / "two" / f"{name}.parquet")
+        if name == "assignments":
+            assert_same_assignments(one, two)
+        else:
+            pd.testing.assert_frame_equal(one.drop(columns=["prob", "ppm_error", "rt_error"]),
+                                          two.drop(columns=["prob", "ppm_error", "rt_error"]))
+
+
+def test_output_folder_contents(local_client, tmp_path):
+    out = tmp_path / "out"
+    summary = run(DEMO / "peaks.csv", DEMO / "library.csv", out, AssignConfig(partition_size=300),
+                  client=local_client)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["_SUCCESS", "assignments.parquet", "calibration.json",
+                     "candidates.parquet", "manifest.json"]
+    a = pd.read_parquet(out / "assignments.parquet")
+    peaks = pd.read_csv(DEMO / "peaks.csv", dtype={"peak_id": str})
+    assert a["peak_id"].tolist() == peaks["peak_id"].tolist()  # one row per peak, in order
+    assert list(a.columns) == ["peak_id", "compound_id", "name", "formula", "adduct",
+                               "isotope", "prob", "p_null", "ppm_error", "rt_error",
+                               "n_candidates", "overflow", "refined"]
+    assert set(a["isotope"].dropna()) <= {"13C1", "13C2"}
+    assert ((a["prob"] >= a["p_null"]) | a["compound_id"].isna()).all()
+    c = pd.read_parquet(out / "candidates.parquet")
+    assert list(c.columns) == ["peak_id", "rank", "compound_id", "adduct", "isotope",
+                               "ppm_error", "rt_error", "prob"]
+    assert (c.groupby("peak_id").size().reindex(a["peak_id"]).fillna(0).to_numpy()
+            <= a["n_candidates"].to_numpy()).all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["summary"]["peaks"] == summary["peaks"] == len(peaks)
+    assert len(manifest["inputs"]["peaks"]["sha256"]) == 64
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["iterations"] >= 1
+    assert not list(tmp_path.glob("out.tmp-*"))
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared (evaluation data)")
+@pytest.mark.parametrize("name", SETS)
+def test_shared_sets_with_reference_scorer(local_client, tmp_path, name):
+    """Default settings, then ../shared/tools/score.py: overall >= 0.92, ECE <= 0.05."""
+    data = SHARED / name
+    run(data / "peaks.csv", data / "library.csv", tmp_path / "out", client=local_client)
+    scorer = SHARED.parent / "tools" / "score.py"
+    res = subprocess.run([sys.executable, str(scorer), str(data / "truth.csv"),
+                          str(data / "library.csv"),
+                          str(tmp_path / "out" / "assignments.parquet"), "--json"],
+                         capture_output=True, text=True, check=True)
+    scores = json.loads(res.stdout)
+    print(name, scores)
+    assert scores["overall"] >= 0.92
+    assert scores["ece"] <= 0.05
+    assert scores["n"] == len(pd.read_csv(data / "peaks.csv"))
