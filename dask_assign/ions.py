@@ -32,14 +32,11 @@ class IonTable:
     compounds : pandas.DataFrame
         ``compound_id``, ``name``, ``formula`` of the library, in library order.
     adduct_names : tuple of str
-    log_prior_mass : float
-        log of the summed prior weights of all ions (the normaliser of the ion prior).
     """
 
     ions: pd.DataFrame
     compounds: pd.DataFrame
     adduct_names: tuple
-    log_prior_mass: float
 
     def __len__(self) -> int:
         return len(self.ions)
@@ -138,7 +135,5 @@ def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 2) -> IonTable
     # Sorting by m/z (ties by compound, adduct, isotope) fixes one order for every partition.
     ions = ions.sort_values(["mz", "compound", "adduct", "isotope"], kind="stable",
                             ignore_index=True)
-    weights = np.exp(ions["log_adduct_prior"].to_numpy() + ions["log_abundance"].to_numpy())
     compounds = library[["compound_id", "name", "formula"]].reset_index(drop=True)
-    return IonTable(ions=ions, compounds=compounds, adduct_names=tuple(names),
-                    log_prior_mass=float(np.log(weights.sum())) if len(ions) else 0.0)
+    return IonTable(ions=ions, compounds=compounds, adduct_names=tuple(names))

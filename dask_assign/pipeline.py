@@ -76,10 +76,10 @@ def _to_backend_of(part, frame: pd.DataFrame):
     return cudf.from_pandas(frame)
 
 
-def _sum(frames: dd.DataFrame) -> dict:
+def _collect(frames: dd.DataFrame) -> pd.DataFrame:
+    """Compute small per-partition summaries into one pandas frame."""
     total = frames.compute()
-    total = total.to_pandas() if hasattr(total, "to_pandas") else total
-    return total
+    return total.to_pandas() if hasattr(total, "to_pandas") else total
 
 
 def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig) -> Calibration:
@@ -88,7 +88,7 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig) -> 
     Runs on whatever scheduler is active (a distributed client when one is connected).
     """
     space_key = dask.delayed(space, pure=True)
-    summary = _sum(peaks.map_partitions(summarize_peaks,
+    summary = _collect(peaks.map_partitions(summarize_peaks,
                                         meta={c: "float64" for c in SUMMARY_COLUMNS}))
     start = run_context(summary, space, config)
     if not config.calibrate:
@@ -97,7 +97,7 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig) -> 
     def stats_of(calibration):
         parts = peaks.map_partitions(em_step, space_key, config, calibration,
                                      meta={c: "float64" for c in EM_COLUMNS})
-        return _sum(parts).sum().to_dict()
+        return _collect(parts).sum().to_dict()
 
     return fit_calibration(stats_of, start, config)
 
@@ -135,10 +135,10 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
         Lazy; one row per peak with the columns of ``ASSIGNMENT_DTYPES``. Calibration (if on)
         has already run, since the scores depend on it.
 
-    Examples
-    --------
-    >>> import dask_assign  # doctest: +SKIP
-    >>> result = dask_assign.assign("peaks.csv", "library.csv").compute()  # doctest: +SKIP
+    Notes
+    -----
+    In a notebook: ``dask_assign.assign("peaks.csv", "library.csv").compute()``; the demo data
+    is in ``dask_assign/data/demo``. ``tests/test_pipeline.py`` runs it on a LocalCluster.
     """
     config = config or AssignConfig()
     ddf = _as_ddf(peaks, config)

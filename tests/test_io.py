@@ -65,17 +65,20 @@ BAD_PEAKS = [
 ]
 
 
-@pytest.mark.parametrize("text,column,message", BAD_PEAKS)
-def test_bad_peak_tables_name_file_column_rows(tmp_path, text, column, message):
-    path = tmp_path / "bad_peaks.csv"
+def assert_input_error(reader, path, text, column, message):
+    """``reader(path)`` fails with an error naming the file, the column and the rows."""
     path.write_text(text)
     with pytest.raises(InputError) as err:
-        load_peaks(path)
+        reader(path)
     msg = str(err.value)
-    assert msg.startswith(str(path))
+    assert msg.startswith(str(path)) and re.search(message, msg), msg
     if column:
         assert f"column {column}" in msg
-    assert re.search(message, msg), msg
+
+
+@pytest.mark.parametrize("text,column,message", BAD_PEAKS)
+def test_bad_peak_tables_name_file_column_rows(tmp_path, text, column, message):
+    assert_input_error(load_peaks, tmp_path / "bad_peaks.csv", text, column, message)
 
 
 def test_library_reading_and_masses(tmp_path):
@@ -103,13 +106,4 @@ BAD_LIBRARIES = [
 
 @pytest.mark.parametrize("text,column,message", BAD_LIBRARIES)
 def test_bad_libraries(tmp_path, text, column, message):
-    import re
-
-    path = tmp_path / "bad_lib.csv"
-    path.write_text(text)
-    with pytest.raises(InputError) as err:
-        read_library(path)
-    msg = str(err.value)
-    assert msg.startswith(str(path)) and re.search(message, msg), msg
-    if column:
-        assert f"column {column}" in msg
+    assert_input_error(read_library, tmp_path / "bad_lib.csv", text, column, message)
