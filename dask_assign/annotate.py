@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .candidates import MassBinIndex, range_join, rank_within_peak
+from .candidates import MassBinIndex, batches_by_pairs, range_join, rank_within_peak, window_bounds
 from .config import AssignConfig, Calibration
 from .features import PairFeatures, pair_features
 from .ions import ISOTOPE_LABELS, IonTable
@@ -199,18 +199,8 @@ def best_calls(scored: ScoredPairs, n: int):
     return pair, prob
 
 
-def annotate_tensors(peaks: dict, space: SearchSpace, config: AssignConfig,
-                     calibration: Calibration):
-    """First pass, then the refinement of the peaks whose call is below ``refine_below``.
-
-    Returns
-    -------
-    scored : ScoredPairs
-    pair, prob : torch.Tensor
-        As :func:`best_calls`.
-    refined : torch.Tensor (bool)
-    """
-    ions = space.tensors(config.device)
+def _annotate_batch(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfig,
+                    calibration: Calibration):
     n = peaks["mz"].shape[0]
     scored = score_peaks(peaks, ions, space, config, calibration, config.k_first)
     pair, prob = best_calls(scored, n)
@@ -225,6 +215,54 @@ def annotate_tensors(peaks: dict, space: SearchSpace, config: AssignConfig,
         scored = _merge(scored, second, redo)
         pair, prob = best_calls(scored, n)
     return scored, pair, prob, refined
+
+
+def _concat(results):
+    """Join the results of consecutive peak batches into one."""
+    if len(results) == 1:
+        return results[0]
+    feats, ranks, probs, p_null, n_cand, overflow, pairs, calls, refined = ([] for _ in range(9))
+    peak_offset = pair_offset = 0
+    for scored, pair, prob, ref in results:
+        f = scored.features
+        feats.append(PairFeatures(**{**f.__dict__, "peak": f.peak + peak_offset}))
+        ranks.append(scored.rank)
+        probs.append(scored.prob)
+        p_null.append(scored.p_null)
+        n_cand.append(scored.n_candidates)
+        overflow.append(scored.overflow)
+        pairs.append(torch.where(pair >= 0, pair + pair_offset, pair))
+        calls.append(prob)
+        refined.append(ref)
+        peak_offset += scored.p_null.shape[0]
+        pair_offset += len(f)
+    features = PairFeatures(**{k: torch.cat([getattr(f, k) for f in feats])
+                               for k in feats[0].__dict__})
+    scored = ScoredPairs(features, torch.cat(ranks), torch.cat(probs), torch.cat(p_null),
+                         torch.cat(n_cand), torch.cat(overflow))
+    return scored, torch.cat(pairs), torch.cat(calls), torch.cat(refined)
+
+
+def annotate_tensors(peaks: dict, space: SearchSpace, config: AssignConfig,
+                     calibration: Calibration):
+    """First pass, then the refinement of the peaks whose call is below ``refine_below``.
+
+    Peaks go through in batches of about ``config.max_pairs`` candidate pairs, so a crowded
+    m/z range (or a huge tolerance) cannot exhaust memory.
+
+    Returns
+    -------
+    scored : ScoredPairs
+    pair, prob : torch.Tensor
+        As :func:`best_calls`.
+    refined : torch.Tensor (bool)
+    """
+    ions = space.tensors(config.device)
+    lo, hi = window_bounds(peaks["mz"], space.bins)
+    results = [_annotate_batch({k: v[a:b] for k, v in peaks.items()}, ions, space, config,
+                               calibration)
+               for a, b in batches_by_pairs(lo, hi, config.max_pairs)]
+    return _concat(results)
 
 
 def _labels(space: SearchSpace, ion: np.ndarray):

@@ -49,6 +49,43 @@ class MassBinIndex:
         return cls(width, origin, start.astype(np.int64))
 
 
+def window_bounds(peak_mz, index: MassBinIndex):
+    """First and one-past-last ion of the three mass bins around each peak.
+
+    Every ion within the widest indexed window lies in ``[lo, hi)``; ``hi - lo`` bounds the
+    pairs a peak can produce before the exact test, which sizes the join's batches.
+    """
+    start = torch.as_tensor(index.start, device=peak_mz.device)
+    nbins = start.shape[0] - 1
+    b = torch.floor(torch.log(peak_mz) / index.width).to(torch.int64) - index.origin
+    return start[torch.clamp(b - 1, 0, nbins)], start[torch.clamp(b + 2, 0, nbins)]
+
+
+def batches_by_pairs(lo, hi, max_pairs: int):
+    """Split peaks (in order) into runs of about ``max_pairs`` candidate pairs.
+
+    A run holds at most ``max_pairs`` pairs plus those of its last peak, so memory stays
+    bounded however crowded the m/z range is.
+
+    Returns
+    -------
+    list of (start, stop)
+
+    Examples
+    --------
+    >>> batches_by_pairs(torch.tensor([0, 0, 0, 0]), torch.tensor([3, 3, 3, 3]), 6)
+    [(0, 2), (2, 4)]
+    """
+    sizes = (hi - lo).cpu().numpy()
+    if sizes.size == 0:
+        return [(0, 0)]
+    before = np.cumsum(sizes) - sizes
+    bucket = before // max(int(max_pairs), 1)
+    cuts = (np.flatnonzero(np.diff(bucket)) + 1).tolist()
+    edges = [0, *cuts, int(sizes.size)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
 def range_join(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm: float,
                rt_window: float):
     """All (peak, ion) pairs within ``ppm`` and, where the ion has an RT, ``rt_window``.
@@ -83,11 +120,7 @@ def range_join(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm: float
     """
     device = peak_mz.device
     n = peak_mz.shape[0]
-    start = torch.as_tensor(index.start, device=device)
-    nbins = start.shape[0] - 1
-    b = torch.floor(torch.log(peak_mz) / index.width).to(torch.int64) - index.origin
-    lo = start[torch.clamp(b - 1, 0, nbins)]
-    hi = start[torch.clamp(b + 2, 0, nbins)]
+    lo, hi = window_bounds(peak_mz, index)
     counts = hi - lo
     total = int(counts.sum())
     if total == 0:

@@ -45,6 +45,8 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     p.add_argument("--scheduler", help="address of a running Dask scheduler")
     p.add_argument("--workers", type=int, help="worker processes of the local cluster")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run with the same inputs and settings")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -60,25 +62,34 @@ def _config(args):
     )
 
 
-def _run(args, peaks, library, out) -> dict:
+def _run(args, peaks, library, out, config=None, columns=None, fmt=None, scheduler=None,
+         workers=None) -> dict:
+    import shutil
+
     from .cluster import connect
     from .io import read_peaks
+    from .output import input_path
     from .pipeline import prepare_library, run
 
     # Settings and inputs are checked before any cluster starts.
-    config = _config(args)
+    config = config or _config(args)
+    columns = columns if columns is not None else args.columns
     space = prepare_library(library, config)
-    ddf = read_peaks(peaks, columns=args.columns, rt_unit=config.rt_unit,
-                     partition_size=config.partition_size)
-    client, cluster = connect(args.scheduler, args.workers)
+    workdir = input_path(out)
     try:
-        print(f"dashboard: {client.dashboard_link}", flush=True)
-        summary = run(ddf, space, out, config, client=client, fmt=args.format,
-                      sources={"peaks": peaks, "library": library})
+        ddf = read_peaks(peaks, columns=columns, rt_unit=config.rt_unit,
+                         partition_size=config.partition_size, workdir=workdir)
+        client, cluster = connect(args.scheduler or scheduler, args.workers or workers)
+        try:
+            print(f"dashboard: {client.dashboard_link}", flush=True)
+            summary = run(ddf, space, out, config, client=client, fmt=fmt or args.format,
+                          sources={"peaks": peaks, "library": library}, resume=args.resume)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     summary["dashboard"] = client.dashboard_link
     return summary
 
@@ -97,6 +108,17 @@ def _print_summary(summary: dict, out):
 def cmd_run(args) -> int:
     summary = _run(args, args.peaks, args.library, args.out)
     _print_summary(summary, args.out)
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from .jobs import load_job
+
+    job = load_job(args.job, allow=args.allow or ())
+    summary = _run(args, job.peaks, job.library, job.out, config=job.config,
+                   columns=job.columns, fmt=job.format, scheduler=job.scheduler,
+                   workers=job.workers)
+    _print_summary(summary, job.out)
     return 0
 
 
@@ -131,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
+    j = sub.add_parser("submit", help="run a job spec (YAML) on a cluster")
+    j.add_argument("job", help="job spec (YAML); its paths are relative to its folder")
+    j.add_argument("--allow", action="append",
+                   help="a folder besides the spec's own that its paths may name (repeatable)")
+    j.add_argument("--scheduler", help="address of a running Dask scheduler (overrides the job)")
+    j.add_argument("--workers", type=int, help="worker processes of the local cluster")
+    j.add_argument("--resume", action="store_true")
+    j.add_argument("-v", "--verbose", action="store_true")
+    j.set_defaults(func=cmd_submit, format=None, columns=None)
     d = sub.add_parser("demo", help="annotate the shipped demo data and score it")
     d.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     _add_run_options(d)
@@ -155,6 +186,10 @@ def main(argv=None) -> int:
     except (InputError, ValueError, FileNotFoundError) as err:
         print(f"dask-assign: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a failure mid-run: finished partitions stay for --resume
+        print(f"dask-assign: run failed: {type(err).__name__}: {err}; finished partitions are "
+              "kept beside the output folder (.partial): rerun with --resume", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -100,6 +100,9 @@ class AssignConfig:
         Most EM iterations of the calibration.
     partition_size : int
         Peaks per partition when reading text files.
+    max_pairs : int
+        Candidate pairs a kernel handles at once (before the exact test); bounds the memory of a
+        task whatever the crowding of the m/z range.
     device : str
         Torch device of the scoring kernels (``cpu`` or ``cuda``).
     """
@@ -121,6 +124,7 @@ class AssignConfig:
     calibrate: bool = True
     em_iterations: int = 8
     partition_size: int = 250_000
+    max_pairs: int = 4_000_000
     device: str = "cpu"
 
     def __post_init__(self):
@@ -140,6 +144,8 @@ class AssignConfig:
             raise ValueError("need 1 <= k_first <= k_max")
         if self.max_isotope not in (0, 1, 2):
             raise ValueError("max_isotope must be 0, 1 or 2")
+        if self.max_pairs < 1 or self.partition_size < 1:
+            raise ValueError("max_pairs and partition_size must be positive")
         if self.refine_widen < 1:
             raise ValueError("refine_widen must be >= 1")
         if self.adducts is not None:

@@ -7,12 +7,14 @@ any other table is read through an explicit column mapping. Every problem is rep
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .chem import parse_formula
 from .errors import InputError
@@ -42,6 +44,8 @@ LIBRARY_ALIASES = {
     "rt": ["rt", "retention_time", "rt_min", "retention time"],
 }
 
+#: Cell texts read as missing values.
+NULL_TEXT = ["", "NA", "NaN", "nan", "null", "NULL"]
 #: Above this many minutes a retention time is taken to be in seconds (runs are shorter).
 RT_SECONDS_THRESHOLD = 60.0
 
@@ -68,8 +72,7 @@ def _read_table(path, kind: str) -> tuple[pd.DataFrame, str]:
         try:
             # Everything as text first: numbers are converted below, so a bad cell can be named.
             frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
-                                na_values=["", "NA", "NaN", "nan", "null", "NULL"],
-                                encoding="utf-8-sig")
+                                na_values=NULL_TEXT, encoding="utf-8-sig")
         except pd.errors.EmptyDataError:
             raise InputError(str(path), f"the {kind} file is empty") from None
         except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -84,9 +87,14 @@ def _read_table(path, kind: str) -> tuple[pd.DataFrame, str]:
     return frame, unit
 
 
-def _row_numbers(index: np.ndarray, unit: str) -> list[int]:
+def _row_numbers(index, unit: str) -> list[int]:
     # Text files: the header is line 1, so data row i (0-based) is on line i + 2.
     return [int(i) + (2 if unit == "lines" else 1) for i in index]
+
+
+def _lines(frame, idx, unit: str) -> list[int]:
+    """Line (or row) numbers of the positions ``idx`` of a chunk."""
+    return _row_numbers(frame.index.to_numpy()[idx], unit)
 
 
 def _resolve_columns(frame, aliases, explicit, required, source) -> dict[str, str]:
@@ -123,16 +131,16 @@ def _numeric(frame, column, source, unit, allow_missing=False) -> np.ndarray:
     bad = np.isnan(values) & raw.notna().to_numpy()
     if bad.any():
         idx = np.flatnonzero(bad)
-        raise InputError(source, "not a number", column=column, rows=_row_numbers(idx, unit),
+        raise InputError(source, "not a number", column=column, rows=_lines(frame, idx, unit),
                          values=raw.to_numpy()[idx[:5]].tolist(), unit=unit)
     if not allow_missing and np.isnan(values).any():
         idx = np.flatnonzero(np.isnan(values))
-        raise InputError(source, "missing value", column=column, rows=_row_numbers(idx, unit),
+        raise InputError(source, "missing value", column=column, rows=_lines(frame, idx, unit),
                          unit=unit)
     inf = np.isinf(values)
     if inf.any():
         idx = np.flatnonzero(inf)
-        raise InputError(source, "infinite value", column=column, rows=_row_numbers(idx, unit),
+        raise InputError(source, "infinite value", column=column, rows=_lines(frame, idx, unit),
                          unit=unit)
     return values
 
@@ -140,7 +148,7 @@ def _numeric(frame, column, source, unit, allow_missing=False) -> np.ndarray:
 def _check(mask, frame, column, values, message, source, unit):
     if mask.any():
         idx = np.flatnonzero(mask)
-        raise InputError(source, message, column=column, rows=_row_numbers(idx, unit),
+        raise InputError(source, message, column=column, rows=_lines(frame, idx, unit),
                          values=values[idx[:5]].tolist(), unit=unit)
 
 
@@ -184,13 +192,153 @@ def infer_rt_unit(rt: np.ndarray, alias: str | None = None) -> tuple[str, str]:
     return "min", f"largest RT {top:g} <= {RT_SECONDS_THRESHOLD:g}, taken as minutes"
 
 
+class _PeakStream:
+    """Validated chunks of a peak table, read in bounded memory.
+
+    Iterating yields pandas frames ``peak_id, mz, rt, intensity`` (RT in the file's unit);
+    afterwards ``rt_max``, ``rt_column`` and the id hashes are known for the checks that need
+    the whole file (duplicate ids, RT unit).
+    """
+
+    def __init__(self, path, columns=None, batch_rows: int = 500_000):
+        self.path, self.source = Path(path), str(path)
+        self.explicit, self.batch_rows = columns, batch_rows
+        self.rt_max, self.rt_column, self.n = -np.inf, None, 0
+        self.hashes, self.unit = [], "rows"
+
+    def _batches(self):
+        import pyarrow.csv as pacsv
+        import pyarrow.dataset as pads
+
+        path = self.path
+        if not path.exists():
+            raise InputError(self.source, "peak file not found")
+        if path.is_dir() or path.suffix.lower() in (".parquet", ".pq"):
+            try:
+                dataset = pads.dataset(path, format="parquet")
+                names = dataset.schema.names
+                batches = dataset.to_batches(batch_size=self.batch_rows)
+            except Exception as err:  # pyarrow raises many types for a damaged file
+                raise InputError(self.source, f"cannot read Parquet: {err}") from None
+            self.unit = "rows"
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(65536).decode("utf-8-sig", errors="replace")
+            if not head.strip():
+                raise InputError(self.source, "the peak file is empty")
+            first = head.splitlines()[0]
+            sep = "\t" if (path.suffix.lower() in (".tsv", ".tab", ".txt") or
+                           first.count("\t") > first.count(",")) else ","
+            names = [n.strip().strip('"') for n in next(csv.reader([first], delimiter=sep))]
+            self._check_names(names)
+            try:
+                batches = pacsv.open_csv(
+                    path, read_options=pacsv.ReadOptions(block_size=1 << 24),
+                    parse_options=pacsv.ParseOptions(delimiter=sep),
+                    # Text first: numbers are converted here, so a bad cell can be named.
+                    convert_options=pacsv.ConvertOptions(
+                        column_types={n: pa.string() for n in names},
+                        strings_can_be_null=True, null_values=NULL_TEXT))
+            except pa.ArrowInvalid as err:
+                raise InputError(self.source, f"cannot parse: {err}") from None
+            self.unit = "lines"
+        self._check_names(names)
+        self.names = [str(n).strip() for n in names]
+        return batches
+
+    def _check_names(self, names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise InputError(self.source, f"duplicated column names {dup}")
+
+    def __iter__(self):
+        batches = self._batches()
+        cols = None
+        offset = 0
+        try:
+            for batch in batches:
+                frame = batch.to_pandas()
+                frame.columns = self.names
+                if cols is None:
+                    cols = _resolve_columns(frame, PEAK_ALIASES, self.explicit, ("mz", "rt"),
+                                            self.source)
+                    self.rt_column = cols["rt"]
+                if len(frame):
+                    yield self._validate(frame, cols, offset)
+                offset += len(frame)
+        except pa.ArrowInvalid as err:
+            raise InputError(self.source, f"cannot parse: {str(err).strip()}") from None
+        if offset == 0:
+            if cols is None and self.unit == "rows":
+                raise InputError(self.source, "the peak file is empty")
+            raise InputError(self.source, "the peak file has a header but no rows")
+        self.n = offset
+
+    def _validate(self, frame, cols, offset) -> pd.DataFrame:
+        source, unit = self.source, self.unit
+        frame.index = pd.RangeIndex(offset, offset + len(frame))
+        mz = _numeric(frame, cols["mz"], source, unit)
+        _check(~(mz > 0), frame, cols["mz"], mz, "m/z must be positive", source, unit)
+        rt = _numeric(frame, cols["rt"], source, unit)
+        _check(rt < 0, frame, cols["rt"], rt, "retention time must not be negative", source,
+               unit)
+        if "intensity" in cols:
+            inten = _numeric(frame, cols["intensity"], source, unit, allow_missing=True)
+            _check(inten < 0, frame, cols["intensity"], inten, "intensity must not be negative",
+                   source, unit)
+        else:
+            inten = np.full(len(frame), np.nan)
+        if "peak_id" in cols:
+            ids = frame[cols["peak_id"]].astype("string").str.strip()
+            _check(ids.isna().to_numpy(), frame, cols["peak_id"], ids.to_numpy(),
+                   "missing peak id", source, unit)
+            dup = ids.duplicated(keep=False).to_numpy()
+            _check(dup, frame, cols["peak_id"], ids.to_numpy(dtype=object), "duplicate peak id",
+                   source, unit)
+        else:
+            ids = pd.Series((np.arange(len(frame)) + offset + 1).astype(str), dtype="string")
+        self.hashes.append(pd.util.hash_array(ids.to_numpy(dtype=object)))
+        self.rt_max = max(self.rt_max, float(rt.max()))
+        return pd.DataFrame({"peak_id": ids.to_numpy(dtype=object), "mz": mz, "rt": rt,
+                             "intensity": inten}).astype({"peak_id": "string"})
+
+    def check_unique(self, ids_of_rows):
+        """Raise for ids repeated across chunks; ``ids_of_rows(rows)`` gives their ids."""
+        hashes = np.concatenate(self.hashes) if self.hashes else np.zeros(0, np.uint64)
+        order = np.argsort(hashes, kind="stable")
+        same = np.flatnonzero(np.diff(hashes[order]) == 0)
+        if same.size == 0:
+            return
+        rows = np.unique(np.concatenate([order[same], order[same + 1]]))
+        ids = pd.Series(ids_of_rows(rows), index=rows)
+        dup = ids[ids.duplicated(keep=False)]  # equal hashes of different ids are not errors
+        if len(dup):
+            raise InputError(self.source, "duplicate peak id",
+                             column=self.explicit_id_column, rows=_row_numbers(
+                                 dup.index.to_numpy(), self.unit),
+                             values=dup.tolist()[:5], unit=self.unit)
+
+    @property
+    def explicit_id_column(self):
+        found = _resolve_columns(pd.DataFrame(columns=self.names), PEAK_ALIASES, self.explicit,
+                                 (), self.source)
+        return found.get("peak_id")
+
+    def rt_unit(self, rt_unit: str) -> str:
+        if rt_unit != "auto":
+            return rt_unit
+        unit, reason = infer_rt_unit(np.array([self.rt_max]), self.rt_column)
+        log.info("%s: retention times in %s (%s)", self.source, unit, reason)
+        return unit
+
+
 def load_peaks(path, columns=None, rt_unit: str = "auto") -> pd.DataFrame:
-    """Read and validate a peak table into pandas.
+    """Read and validate a peak table into one pandas frame.
 
     Parameters
     ----------
     path : str or Path
-        CSV, TSV or Parquet file.
+        CSV, TSV or Parquet file (or a folder of Parquet files).
     columns : dict, optional
         Explicit mapping of ``peak_id``, ``mz``, ``rt``, ``intensity`` to the file's columns.
     rt_unit : {"auto", "min", "s"}
@@ -202,39 +350,22 @@ def load_peaks(path, columns=None, rt_unit: str = "auto") -> pd.DataFrame:
         Columns ``peak_id`` (text), ``mz``, ``rt`` (minutes), ``intensity`` (float64; NaN where
         the table has none), in file order.
     """
-    source = str(path)
-    frame, unit = _read_table(path, "peak")
-    cols = _resolve_columns(frame, PEAK_ALIASES, columns, ("mz", "rt"), source)
-    mz = _numeric(frame, cols["mz"], source, unit)
-    _check(~(mz > 0), frame, cols["mz"], mz, "m/z must be positive", source, unit)
-    rt = _numeric(frame, cols["rt"], source, unit)
-    _check(rt < 0, frame, cols["rt"], rt, "retention time must not be negative", source, unit)
-    if "intensity" in cols:
-        inten = _numeric(frame, cols["intensity"], source, unit, allow_missing=True)
-        _check(inten < 0, frame, cols["intensity"], inten, "intensity must not be negative",
-               source, unit)
-    else:
-        inten = np.full(len(frame), np.nan)
-    if "peak_id" in cols:
-        ids = _ids(frame, cols["peak_id"], source, unit, "peak id")
-    else:
-        log.info("%s: no peak id column; peaks are numbered by row", source)
-        ids = pd.Series(np.arange(1, len(frame) + 1).astype(str), dtype="string")
-    if rt_unit == "auto":
-        rt_unit, reason = infer_rt_unit(rt, cols["rt"])
-        log.info("%s: retention times in %s (%s)", source, rt_unit, reason)
-    if rt_unit == "s":
-        rt = rt / 60.0
-    return pd.DataFrame({"peak_id": ids.to_numpy(), "mz": mz, "rt": rt, "intensity": inten}
-                        ).astype({"peak_id": "string"})
+    stream = _PeakStream(path, columns)
+    frame = pd.concat(list(stream), ignore_index=True)
+    stream.check_unique(lambda rows: frame["peak_id"].to_numpy(dtype=object)[rows])
+    if stream.rt_unit(rt_unit) == "s":
+        frame["rt"] = frame["rt"] / 60.0
+    return frame
 
 
-def read_peaks(path, columns=None, rt_unit: str = "auto", partition_size: int = 250_000):
-    """Read a peak table into a dask DataFrame.
+def read_peaks(path, columns=None, rt_unit: str = "auto", partition_size: int = 250_000,
+               workdir=None):
+    """Read a peak table into a dask DataFrame, in bounded memory.
 
-    The file is validated as a whole first (errors name the file, column and rows), then split
-    into partitions of ``partition_size`` peaks. The partitions follow ``dataframe.backend``
-    (pandas by default, cudf where configured).
+    The file is streamed once on the client and validated chunk by chunk (errors name the
+    file, column and lines), and written as Parquet files of ``partition_size`` peaks into
+    ``workdir``; the workers then read those files. Partitions follow ``dataframe.backend``
+    (pandas by default, cudf where configured), since they are read by ``dd.read_parquet``.
 
     Parameters
     ----------
@@ -245,21 +376,63 @@ def read_peaks(path, columns=None, rt_unit: str = "auto", partition_size: int = 
     rt_unit : {"auto", "min", "s"}
     partition_size : int
         Peaks per partition.
+    workdir : str or Path, optional
+        Folder for the validated partitions, on a filesystem the workers see; when omitted, a
+        new temporary folder removed when this Python process exits. Emptied first.
 
     Returns
     -------
     dask.dataframe.DataFrame
-        Columns ``peak_id``, ``mz``, ``rt`` (minutes), ``intensity``.
+        Columns ``peak_id``, ``mz``, ``rt`` (minutes), ``intensity``, in file order.
     """
-    import dask
-    import dask.dataframe as dd
+    import atexit
+    import shutil
+    import tempfile
 
-    frame = load_peaks(path, columns, rt_unit)
-    nparts = max(1, math.ceil(len(frame) / partition_size))
-    ddf = dd.from_pandas(frame, npartitions=nparts, sort=False)
-    # from_pandas ignores dataframe.backend; move the partitions where the config says.
-    backend = dask.config.get("dataframe.backend", "pandas")
-    return ddf if backend == "pandas" else ddf.to_backend(backend)
+    import dask.dataframe as dd
+    import pyarrow.parquet as pq
+
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="dask-assign-peaks-"))
+        atexit.register(shutil.rmtree, workdir, True)  # lives as long as this process
+    workdir = Path(workdir)
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    schema = pa.schema([("peak_id", pa.string()), ("mz", pa.float64()), ("rt", pa.float64()),
+                        ("intensity", pa.float64())])
+    stream = _PeakStream(path, columns)
+    files, buffer = [], []
+
+    def flush(frame):
+        name = workdir / f"part.{len(files):05d}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), name)
+        files.append(str(name))
+
+    try:
+        held = 0
+        for chunk in stream:
+            buffer.append(chunk)
+            held += len(chunk)
+            while held >= partition_size:
+                whole = pd.concat(buffer, ignore_index=True)
+                flush(whole.iloc[:partition_size])
+                buffer, held = [whole.iloc[partition_size:]], held - partition_size
+        if held:
+            flush(pd.concat(buffer, ignore_index=True))
+
+        def ids_of_rows(rows):
+            ids = pa.concat_tables([pq.read_table(f, columns=["peak_id"]) for f in files])
+            return ids.column("peak_id").to_numpy(zero_copy_only=False)[rows]
+
+        stream.check_unique(ids_of_rows)
+        unit = stream.rt_unit(rt_unit)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    # One partition per file, in file order.
+    ddf = dd.read_parquet(files)
+    return ddf.assign(rt=ddf["rt"] / 60.0) if unit == "s" else ddf
 
 
 def read_library(path, columns=None, rt_unit: str = "min") -> pd.DataFrame:

@@ -1,8 +1,10 @@
-"""Writers: partitions written by the workers into a temporary folder, renamed when complete.
+"""Writers: partitions written by the workers into a staging folder, renamed when complete.
 
-A run leaves either its whole output folder or nothing: every file goes to ``OUT.tmp-*`` and
-the folder is renamed to ``OUT`` only after the manifest and the ``_SUCCESS`` marker are
-written. Partitions are written where they were computed (no gathering to the client).
+A run leaves either its whole output folder or nothing there: every file goes to
+``OUT.partial/`` and the folder is renamed to ``OUT`` only after the manifest and the
+``_SUCCESS`` marker are written. Partitions are written where they were computed (no gathering
+to the client), each under a temporary name then renamed, and a partition counts as finished
+only once its small summary file exists: that is what ``--resume`` trusts.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .annotate import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES, annotate_partition
+from .errors import InputError
 
 FORMATS = ("parquet", "csv")
 
@@ -38,15 +40,35 @@ def _write(frame: pd.DataFrame, path: Path, fmt: str, dtypes: dict):
         frame.to_csv(path, index=False)
 
 
+def _atomic(write, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def write_partition(part, space, config, calibration, folder: str, fmt: str,
                     partition_info=None):
-    """Task: annotate one partition and write its two tables; returns a one-row summary."""
-    assignments, candidates = annotate_partition(part, space, config, calibration)
+    """Task: annotate one partition and write its two tables; returns a one-row summary.
+
+    A partition whose summary file exists (a resumed run) is not computed again.
+    """
     i = partition_info["number"] if partition_info else 0
     folder = Path(folder)
+    done = folder / "parts" / f"part.{i:05d}.json"
+    if done.exists():
+        return pd.DataFrame([json.loads(done.read_text())])
+    assignments, candidates = annotate_partition(part, space, config, calibration)
     ext = "parquet" if fmt == "parquet" else "csv"
-    _write(assignments, folder / "assignments" / f"part.{i:05d}.{ext}", fmt, ASSIGNMENT_DTYPES)
-    _write(candidates, folder / "candidates" / f"part.{i:05d}.{ext}", fmt, CANDIDATE_DTYPES)
+    for name, frame, dtypes in (("assignments", assignments, ASSIGNMENT_DTYPES),
+                                ("candidates", candidates, CANDIDATE_DTYPES)):
+        _atomic(lambda p, f=frame, d=dtypes: _write(f, p, fmt, d),
+                folder / name / f"part.{i:05d}.{ext}")
+    summary = _partition_summary(i, assignments, candidates)
+    _atomic(lambda p: p.write_text(json.dumps(summary.iloc[0].to_dict(), default=float)), done)
+    return summary
+
+
+def _partition_summary(i, assignments, candidates) -> pd.DataFrame:
     called = assignments["compound_id"].notna()
     return pd.DataFrame({
         "partition": [i], "peaks": [len(assignments)], "assigned": [int(called.sum())],
@@ -64,20 +86,63 @@ WRITE_SUMMARY_META = {"partition": "int64", "peaks": "int64", "assigned": "int64
                       "candidates": "int64", "n_cand_p99": "float64"}
 
 
-def new_staging(out: Path) -> Path:
-    """An empty temporary folder beside ``out`` (same filesystem, so the rename is atomic)."""
+def staging_path(out) -> Path:
+    """Where a run into ``out`` writes until it is complete (beside it: same filesystem)."""
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    (staging / "assignments").mkdir()
-    (staging / "candidates").mkdir()
-    return staging
+    return out.with_name(out.name + ".partial")
+
+
+def input_path(out) -> Path:
+    """Where a run into ``out`` keeps its validated peak partitions (beside it, so workers that
+    share the output's filesystem can read them); removed when the run ends."""
+    out = Path(out).resolve()
+    return out.with_name(out.name + ".input")
+
+
+def open_staging(out, fingerprint: dict, resume: bool = False) -> tuple[Path, bool]:
+    """Prepare the staging folder of a run.
+
+    Parameters
+    ----------
+    out : str or Path
+        The final output folder.
+    fingerprint : dict
+        What must match for a run to be resumed: input checksums, settings, format,
+        partitions.
+    resume : bool
+        Keep the finished partitions of an interrupted run with the same fingerprint.
+
+    Returns
+    -------
+    staging : Path
+    resumed : bool
+        Whether an earlier run's partitions are reused.
+
+    Raises
+    ------
+    InputError
+        When asked to resume a run whose inputs or settings differ.
+    """
+    staging = staging_path(out)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    marker = staging / "fingerprint.json"
+    if staging.exists():
+        if resume:
+            if marker.exists() and json.loads(marker.read_text()) == fingerprint:
+                return staging, True
+            raise InputError(str(staging), "cannot resume: the interrupted run had other "
+                             "inputs, settings or partitions (run without --resume to restart)")
+        shutil.rmtree(staging)
+    for sub in ("assignments", "candidates", "parts"):
+        (staging / sub).mkdir(parents=True)
+    _atomic(lambda p: p.write_text(json.dumps(fingerprint, indent=1, sort_keys=True)), marker)
+    return staging, False
 
 
 def combine_parts(staging: Path, fmt: str):
     """Join the partition files of each table into one file, in partition order."""
     for name, dtypes in (("assignments", ASSIGNMENT_DTYPES), ("candidates", CANDIDATE_DTYPES)):
-        parts = sorted((staging / name).iterdir())
+        parts = sorted(p for p in (staging / name).iterdir() if not p.name.endswith(".tmp"))
         target = staging / f"{name}.{fmt}"
         if fmt == "parquet":
             schema = arrow_schema(dtypes)
@@ -92,6 +157,8 @@ def combine_parts(staging: Path, fmt: str):
                             src.readline()  # the header once
                         shutil.copyfileobj(src, dst)
         shutil.rmtree(staging / name)
+    shutil.rmtree(staging / "parts")
+    (staging / "fingerprint.json").unlink()
 
 
 def sha256(path) -> str:
@@ -109,7 +176,7 @@ def commit(staging: Path, out: Path, manifest: dict):
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
     (staging / "_SUCCESS").write_text("")
     if out.exists():
-        old = out.with_name(out.name + ".old-" + staging.name.rsplit("-", 1)[-1])
+        old = out.with_name(out.name + ".old")
         os.replace(out, old)
         os.replace(staging, out)
         shutil.rmtree(old, ignore_errors=True)
@@ -117,6 +184,3 @@ def commit(staging: Path, out: Path, manifest: dict):
         os.replace(staging, out)
 
 
-def discard(staging: Path):
-    """Remove a staging folder after a failure: no partial output remains."""
-    shutil.rmtree(staging, ignore_errors=True)

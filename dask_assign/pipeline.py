@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -165,7 +166,8 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration) -
 
 
 def run(peaks, library, out, config: AssignConfig | None = None, client=None,
-        fmt: str = "parquet", columns=None, sources: dict | None = None) -> dict:
+        fmt: str = "parquet", columns=None, sources: dict | None = None,
+        resume: bool = False) -> dict:
     """Annotate a peak table and write the results to a folder, atomically.
 
     Parameters
@@ -186,56 +188,80 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
     sources : dict, optional
         ``{"peaks": path, "library": path}`` for the manifest when already-read inputs are
         given.
+    resume : bool
+        Continue an interrupted run into the same ``out`` with the same inputs and settings:
+        its calibration and finished partitions are kept, the rest computed. The result is
+        identical to an uninterrupted run.
 
     Returns
     -------
     dict
         The run summary (also in ``manifest.json``).
     """
-    from . import __version__, output
+    from . import output
 
     if fmt not in output.FORMATS:
         raise ValueError(f"format must be one of {output.FORMATS}, not {fmt!r}")
     config = config or AssignConfig()
     t0 = time.perf_counter()
-    ddf = peaks if isinstance(peaks, dd.DataFrame) else read_peaks(
-        peaks, columns=columns, rt_unit=config.rt_unit, partition_size=config.partition_size)
     space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
-    sources = sources or {"peaks": peaks, "library": library}
-    staging = output.new_staging(Path(out))
+    if isinstance(peaks, dd.DataFrame):
+        return _run(peaks, space, out, config, client, fmt, sources, resume, t0, library)
+    workdir = output.input_path(out)
     try:
-        with client.as_current() if client is not None else nullcontext():
+        ddf = read_peaks(peaks, columns=columns, rt_unit=config.rt_unit,
+                         partition_size=config.partition_size, workdir=workdir)
+        return _run(ddf, space, out, config, client, fmt, sources or {"peaks": peaks},
+                    resume, t0, library)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(ddf, space, out, config, client, fmt, sources, resume, t0, library=None):
+    from . import __version__, output
+
+    sources = dict(sources or {})
+    if library is not None and not isinstance(library, SearchSpace):
+        sources.setdefault("library", library)
+    inputs = {k: {"path": str(Path(v).resolve()), "sha256": output.sha256(v)}
+              for k, v in sources.items() if isinstance(v, (str, Path))}
+    fingerprint = {"inputs": {k: v["sha256"] for k, v in inputs.items()},
+                   "config": json.loads(config.to_json()), "format": fmt,
+                   "partitions": ddf.npartitions}
+    staging, resumed = output.open_staging(Path(out), fingerprint, resume)
+    saved = staging / "calibration.json"
+    with client.as_current() if client is not None else nullcontext():
+        if resumed and saved.exists():
+            calibration = Calibration(**json.loads(saved.read_text()))
+        else:
             calibration = calibrate(ddf, space, config)
-            t_cal = time.perf_counter()
-            written = ddf.map_partitions(
-                output.write_partition, dask.delayed(space, pure=True), config, calibration,
-                str(staging), fmt, meta=output.WRITE_SUMMARY_META).compute()
-        written = written.to_pandas() if hasattr(written, "to_pandas") else written
-        output.combine_parts(staging, fmt)
-        t_end = time.perf_counter()
-        n = int(written["peaks"].sum())
-        assigned = int(written["assigned"].sum())
-        summary = {
-            "peaks": n, "assigned": assigned, "not_in_library": n - assigned,
-            "mean_confidence": float(written["prob_sum"].sum() / max(n, 1)),
-            "refined": int(written["refined"].sum()),
-            "overflow": int(written["overflow"].sum()),
-            "candidates": int(written["candidates"].sum()),
-            "n_candidates_p99": float(written["n_cand_p99"].max()),
-            "partitions": int(len(written)), "ions": int(len(space.mz)),
-            "seconds": {"calibrate": t_cal - t0, "score_and_write": t_end - t_cal,
-                        "total": t_end - t0},
-        }
-        (staging / "calibration.json").write_text(json.dumps(calibration.to_dict(), indent=1))
-        manifest = {
-            "dask_assign_version": __version__,
-            "inputs": {k: {"path": str(Path(v).resolve()), "sha256": output.sha256(v)}
-                       for k, v in sources.items() if isinstance(v, (str, Path))},
-            "config": json.loads(config.to_json()), "calibration": calibration.to_dict(),
-            "format": fmt, "summary": summary,
-        }
-        output.commit(staging, Path(out), manifest)
-    except BaseException:
-        output.discard(staging)
-        raise
+            saved.write_text(json.dumps(calibration.to_dict(), indent=1))
+        t_cal = time.perf_counter()
+        already = len(list((staging / "parts").glob("part.*.json")))
+        written = ddf.map_partitions(
+            output.write_partition, dask.delayed(space, pure=True), config, calibration,
+            str(staging), fmt, meta=output.WRITE_SUMMARY_META).compute()
+    written = written.to_pandas() if hasattr(written, "to_pandas") else written
+    output.combine_parts(staging, fmt)
+    t_end = time.perf_counter()
+    n = int(written["peaks"].sum())
+    assigned = int(written["assigned"].sum())
+    summary = {
+        "peaks": n, "assigned": assigned, "not_in_library": n - assigned,
+        "mean_confidence": float(written["prob_sum"].sum() / max(n, 1)),
+        "refined": int(written["refined"].sum()),
+        "overflow": int(written["overflow"].sum()),
+        "candidates": int(written["candidates"].sum()),
+        "n_candidates_p99": float(written["n_cand_p99"].max()),
+        "partitions": int(len(written)), "resumed_partitions": already if resumed else 0,
+        "ions": int(len(space.mz)),
+        "seconds": {"calibrate": t_cal - t0, "score_and_write": t_end - t_cal,
+                    "total": t_end - t0},
+    }
+    manifest = {
+        "dask_assign_version": __version__, "inputs": inputs,
+        "config": json.loads(config.to_json()), "calibration": calibration.to_dict(),
+        "format": fmt, "summary": summary,
+    }
+    output.commit(staging, Path(out), manifest)
     return summary

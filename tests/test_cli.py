@@ -51,7 +51,7 @@ def test_bad_input_fails_cleanly(tmp_path, make_input, expect):
     res = cli("run", tmp_path / "p.csv", DEMO / "library.csv", "--out", out)
     assert res.returncode == 2
     assert expect in res.stderr and len(res.stderr.strip().splitlines()) == 1
-    assert not out.exists() and not list(tmp_path.glob("out.tmp-*"))
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
 
 
 def test_unknown_adduct_fails_before_any_work(tmp_path):

@@ -81,7 +81,7 @@ def test_output_folder_contents(local_client, tmp_path):
     assert len(manifest["inputs"]["peaks"]["sha256"]) == 64
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["iterations"] >= 1
-    assert not list(tmp_path.glob("out.tmp-*"))
+    assert not (tmp_path / "out.partial").exists()
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared (evaluation data)")
