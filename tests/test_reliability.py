@@ -124,10 +124,10 @@ def test_small_batches_same_result(local_client, tmp_path):
 
 
 def test_peak_with_thousands_of_candidates_is_bounded(tmp_path):
+    from dask_assign.adducts import select_adducts
     from dask_assign.annotate import SearchSpace, annotate_partition
     from dask_assign.config import Calibration
     from dask_assign.ions import build_ions
-    from dask_assign.adducts import select_adducts
     from tests.conftest import library_frame
 
     lib = library_frame([(f"c{i:04d}", "C10H16N2O3", 1 + (i % 100) / 10) for i in range(3000)])
