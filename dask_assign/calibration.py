@@ -17,6 +17,7 @@ import torch
 
 from .annotate import SearchSpace, peak_tensors, score_peaks
 from .config import AssignConfig, Calibration
+from .errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,31 @@ def peak_summary(part) -> pd.DataFrame:
     })
 
 
+#: Peak and library RT ranges further apart than this factor mean different units.
+RT_UNIT_FACTOR = 4.0
+
+
+def check_rt_units(peak_rt_max: float, library_rt: np.ndarray):
+    """Refuse a run whose peak RTs and library RTs cannot be in the same unit.
+
+    Seconds read as minutes (or the reverse) put every RT a factor of 60 off; an RT window
+    would then match nothing, or everything, silently.
+
+    Raises
+    ------
+    InputError
+    """
+    known = library_rt[np.isfinite(library_rt)]
+    if known.size == 0 or not np.isfinite(peak_rt_max):
+        return
+    lib_max = float(known.max())
+    if peak_rt_max > RT_UNIT_FACTOR * lib_max + 1 or lib_max > RT_UNIT_FACTOR * peak_rt_max + 1:
+        raise InputError(
+            "peak table", f"retention times reach {peak_rt_max:g} min while the library's "
+            f"reach {lib_max:g} min: the units differ (set --rt-unit for the peaks or "
+            "--library-rt-unit for the library)", column="rt")
+
+
 def run_context(summary: pd.DataFrame, space: SearchSpace, config: AssignConfig) -> Calibration:
     """The default calibration of a run, from the combined peak summary and the ion table."""
     s = {
@@ -49,6 +75,7 @@ def run_context(summary: pd.DataFrame, space: SearchSpace, config: AssignConfig)
         "rt_max": summary["rt_max"].max(), "li_n": summary["li_n"].sum(),
         "li_sum": summary["li_sum"].sum(), "li_sq": summary["li_sq"].sum(),
     }
+    check_rt_units(s["rt_max"], space.rt)
     p = config.scorer
     # The background is uniform over the searched space; floors keep tiny inputs sensible.
     mz_span_ppm = max(math.log(max(s["mz_max"], 1.0) / max(s["mz_min"], 1.0)) * 1e6,

@@ -46,6 +46,8 @@ LIBRARY_ALIASES = {
 
 #: Cell texts read as missing values.
 NULL_TEXT = ["", "NA", "NaN", "nan", "null", "NULL"]
+#: Peaks above this m/z are kept, with a warning (a unit problem is likely).
+MZ_WARN = 5000.0
 #: Above this many minutes a retention time is taken to be in seconds (runs are shorter).
 RT_SECONDS_THRESHOLD = 60.0
 
@@ -66,9 +68,7 @@ def _read_table(path, kind: str) -> tuple[pd.DataFrame, str]:
             head = fh.read(65536).decode("utf-8-sig", errors="replace")
         if not head.strip():
             raise InputError(str(path), f"the {kind} file is empty")
-        first = head.splitlines()[0]
-        sep = "\t" if (path.suffix.lower() in (".tsv", ".tab", ".txt") or
-                       first.count("\t") > first.count(",")) else ","
+        sep = sniff_delimiter(path, head.splitlines()[0])
         try:
             # Everything as text first: numbers are converted below, so a bad cell can be named.
             frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
@@ -85,6 +85,13 @@ def _read_table(path, kind: str) -> tuple[pd.DataFrame, str]:
     if len(frame) == 0:
         raise InputError(str(path), f"the {kind} file has a header but no rows")
     return frame, unit
+
+
+def sniff_delimiter(path: Path, first_line: str) -> str:
+    """Tab for .tsv/.tab/.txt, else whichever of comma, tab and semicolon the header uses most."""
+    if path.suffix.lower() in (".tsv", ".tab", ".txt") and "\t" in first_line:
+        return "\t"
+    return max([",", "\t", ";"], key=first_line.count)
 
 
 def _row_numbers(index, unit: str) -> list[int]:
@@ -205,6 +212,7 @@ class _PeakStream:
         self.explicit, self.batch_rows = columns, batch_rows
         self.rt_max, self.rt_column, self.n = -np.inf, None, 0
         self.hashes, self.unit = [], "rows"
+        self.n_high_mz = 0
 
     def _batches(self):
         import pyarrow.csv as pacsv
@@ -227,8 +235,7 @@ class _PeakStream:
             if not head.strip():
                 raise InputError(self.source, "the peak file is empty")
             first = head.splitlines()[0]
-            sep = "\t" if (path.suffix.lower() in (".tsv", ".tab", ".txt") or
-                           first.count("\t") > first.count(",")) else ","
+            sep = sniff_delimiter(path, first)
             names = [n.strip().strip('"') for n in next(csv.reader([first], delimiter=sep))]
             self._check_names(names)
             try:
@@ -273,6 +280,10 @@ class _PeakStream:
                 raise InputError(self.source, "the peak file is empty")
             raise InputError(self.source, "the peak file has a header but no rows")
         self.n = offset
+        if self.n_high_mz:
+            log.warning("%s: %d peaks above m/z %g, beyond small-molecule libraries; they are "
+                        "kept and can only be called 'not in library'", self.source,
+                        self.n_high_mz, MZ_WARN)
 
     def _validate(self, frame, cols, offset) -> pd.DataFrame:
         source, unit = self.source, self.unit
@@ -298,6 +309,7 @@ class _PeakStream:
         else:
             ids = pd.Series((np.arange(len(frame)) + offset + 1).astype(str), dtype="string")
         self.hashes.append(pd.util.hash_array(ids.to_numpy(dtype=object)))
+        self.n_high_mz += int((mz > MZ_WARN).sum())
         self.rt_max = max(self.rt_max, float(rt.max()))
         return pd.DataFrame({"peak_id": ids.to_numpy(dtype=object), "mz": mz, "rt": rt,
                              "intensity": inten}).astype({"peak_id": "string"})
