@@ -47,7 +47,14 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--workers", type=int, help="worker processes of the local cluster")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run with the same inputs and settings")
+    _add_tls_options(p)
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _add_tls_options(p):
+    p.add_argument("--tls-ca-file", help="CA certificate (PEM) for TLS to the cluster")
+    p.add_argument("--tls-cert", help="client certificate (PEM)")
+    p.add_argument("--tls-key", help="client private key (PEM)")
 
 
 def _config(args):
@@ -79,7 +86,8 @@ def _run(args, peaks, library, out, config=None, columns=None, fmt=None, schedul
     try:
         ddf = read_peaks(peaks, columns=columns, rt_unit=config.rt_unit,
                          partition_size=config.partition_size, workdir=workdir)
-        client, cluster = connect(args.scheduler or scheduler, args.workers or workers)
+        client, cluster = connect(args.scheduler or scheduler, args.workers or workers,
+                                  security=_security(args))
         try:
             print(f"dashboard: {client.dashboard_link}", flush=True)
             summary = run(ddf, space, out, config, client=client, fmt=fmt or args.format,
@@ -92,6 +100,22 @@ def _run(args, peaks, library, out, config=None, columns=None, fmt=None, schedul
         shutil.rmtree(workdir, ignore_errors=True)
     summary["dashboard"] = client.dashboard_link
     return summary
+
+
+def _security(args):
+    """TLS settings from --tls-* (all three together), else None (dask's configuration)."""
+    files = (getattr(args, "tls_ca_file", None), getattr(args, "tls_cert", None),
+             getattr(args, "tls_key", None))
+    if not any(files):
+        return None
+    if not all(files):
+        raise ValueError("--tls-ca-file, --tls-cert and --tls-key go together")
+    from distributed.security import Security
+
+    return Security(tls_ca_file=files[0], tls_client_cert=files[1], tls_client_key=files[2],
+                    tls_worker_cert=files[1], tls_worker_key=files[2],
+                    tls_scheduler_cert=files[1], tls_scheduler_key=files[2],
+                    require_encryption=True)
 
 
 def _print_summary(summary: dict, out):
@@ -160,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--scheduler", help="address of a running Dask scheduler (overrides the job)")
     j.add_argument("--workers", type=int, help="worker processes of the local cluster")
     j.add_argument("--resume", action="store_true")
+    _add_tls_options(j)
     j.add_argument("-v", "--verbose", action="store_true")
     j.set_defaults(func=cmd_submit, format=None, columns=None)
     d = sub.add_parser("demo", help="annotate the shipped demo data and score it")

@@ -56,6 +56,12 @@ def connect(scheduler: str | None = None, workers: int | None = None,
     -----
     The LocalCluster and its dashboard listen on 127.0.0.1 only.
     """
+    if security is None and scheduler and scheduler.startswith("tls://"):
+        from distributed.security import Security
+
+        # Certificates from dask's configuration (distributed.comm.tls.*, or the matching
+        # DASK_DISTRIBUTED__COMM__TLS__* variables).
+        security = Security()
     if scheduler:
         client = Client(scheduler, security=security)
         cluster = None

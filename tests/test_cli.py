@@ -59,3 +59,29 @@ def test_unknown_adduct_fails_before_any_work(tmp_path):
               "--adducts", "[M+H]+,[M+Zz]+")
     assert res.returncode == 2 and "unknown adduct(s) ['[M+Zz]+']" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_submit_job_spec(tmp_path):
+    (tmp_path / "data").mkdir()
+    for name in ("peaks.csv", "library.csv"):
+        (tmp_path / "data" / name).write_bytes((DEMO / name).read_bytes())
+    job = tmp_path / "job.yaml"
+    job.write_text("name: t\npeaks: data/peaks.csv\nlibrary: data/library.csv\nout: results\n"
+                   "format: csv\nworkers: 2\nsettings:\n  ppm: 10\n  k_max: 30\n")
+    res = cli("submit", job)
+    assert res.returncode == 0, res.stderr
+    a = pd.read_csv(tmp_path / "results" / "assignments.csv")
+    assert len(a) == 1119
+    outside = tmp_path / "escape.yaml"
+    outside.write_text("peaks: ../x.csv\nlibrary: data/library.csv\nout: r\n")
+    res = cli("submit", outside)
+    assert res.returncode == 2 and "points outside" in res.stderr
+
+
+def test_shipped_demo_job_spec_loads():
+    from dask_assign.jobs import load_job
+
+    root = DEMO.parents[2]
+    job = load_job(root / "jobs" / "demo.yaml", allow=[root])
+    assert job.peaks == (DEMO / "peaks.csv").resolve() and job.format == "parquet"

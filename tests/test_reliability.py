@@ -166,3 +166,41 @@ def test_tls_between_client_scheduler_and_workers(tmp_path):
         client.close()
         cluster.close()
     assert len(read(tmp_path / "tls")) == 1119
+
+
+@pytest.mark.slow
+def test_small_worker_memory_limit_completes(big_peaks, undisturbed, tmp_path):
+    """168k peaks through one worker capped at 1 GiB (torch alone takes ~300 MiB of it):
+    partitions and batches keep it under the pause threshold."""
+    client, cluster = connect(workers=1, memory_limit="1GiB")
+    try:
+        run(big_peaks, DEMO / "library.csv", tmp_path / "out", CONFIG, client=client)
+    finally:
+        client.close()
+        cluster.close()
+    pd.testing.assert_frame_equal(read(tmp_path / "out"), read(undisturbed))
+
+
+def test_tls_scheduler_address_uses_configured_certificates(tmp_path):
+    """--scheduler tls://... takes TLS settings from dask's configuration."""
+    pytest.importorskip("cryptography")
+    import dask
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    sec = Security.temporary()
+    with LocalCluster(n_workers=1, processes=False, host="127.0.0.1", security=sec,
+                      dashboard_address=":0") as cluster:
+        ca, cert, key = (tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+        ca.write_text(sec.tls_ca_file)
+        cert.write_text(sec.tls_client_cert)
+        key.write_text(sec.tls_client_key)
+        with dask.config.set({"distributed.comm.tls.ca-file": str(ca),
+                              "distributed.comm.tls.client.cert": str(cert),
+                              "distributed.comm.tls.client.key": str(key)}):
+            client, none = connect(cluster.scheduler_address)
+        try:
+            assert none is None and client.scheduler.address.startswith("tls://")
+            assert client.submit(sum, [1, 2]).result() == 3
+        finally:
+            client.close()
