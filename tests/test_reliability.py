@@ -152,7 +152,6 @@ def test_local_cluster_listens_on_loopback_only(local_client):
 
 @pytest.mark.slow
 def test_tls_between_client_scheduler_and_workers(tmp_path):
-    pytest.importorskip("cryptography")
     from distributed.security import Security
 
     security = Security.temporary()  # certificates made here, for this test only
@@ -183,7 +182,6 @@ def test_small_worker_memory_limit_completes(big_peaks, undisturbed, tmp_path):
 
 def test_tls_scheduler_address_uses_configured_certificates(tmp_path):
     """--scheduler tls://... takes TLS settings from dask's configuration."""
-    pytest.importorskip("cryptography")
     import dask
     from distributed import LocalCluster
     from distributed.security import Security
