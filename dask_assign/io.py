@@ -44,7 +44,8 @@ LIBRARY_ALIASES = {
     "rt": ["rt", "retention_time", "rt_min", "retention time"],
 }
 
-#: Cell texts read as missing values.
+#: Cell texts read as missing values in numeric columns (in id and text columns only an empty
+#: cell is missing).
 NULL_TEXT = ["", "NA", "NaN", "nan", "null", "NULL"]
 #: Peaks above this m/z are kept, with a warning (a unit problem is likely).
 MZ_WARN = 5000.0
@@ -72,7 +73,7 @@ def _read_table(path, kind: str) -> tuple[pd.DataFrame, str]:
         try:
             # Everything as text first: numbers are converted below, so a bad cell can be named.
             frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
-                                na_values=NULL_TEXT, encoding="utf-8-sig")
+                                na_values=[""], encoding="utf-8-sig")
         except pd.errors.EmptyDataError:
             raise InputError(str(path), f"the {kind} file is empty") from None
         except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -134,6 +135,9 @@ def _resolve_columns(frame, aliases, explicit, required, source) -> dict[str, st
 def _numeric(frame, column, source, unit, allow_missing=False) -> np.ndarray:
     """Convert a column to float64, naming the rows that are not numbers."""
     raw = frame[column]
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
+        # Spellings of "missing" count as missing in numbers (an id "NA" stays an id).
+        raw = raw.where(~raw.isin(NULL_TEXT))
     values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = np.isnan(values) & raw.notna().to_numpy()
     if bad.any():
@@ -245,7 +249,7 @@ class _PeakStream:
                     # Text first: numbers are converted here, so a bad cell can be named.
                     convert_options=pacsv.ConvertOptions(
                         column_types={n: pa.string() for n in names},
-                        strings_can_be_null=True, null_values=NULL_TEXT))
+                        strings_can_be_null=True, null_values=[""]))
             except pa.ArrowInvalid as err:
                 raise InputError(self.source, f"cannot parse: {err}") from None
             self.unit = "lines"

@@ -274,3 +274,14 @@ def test_one_bad_cell_is_named_property(tmp_path, n, bad_row, cell):
     with pytest.raises(InputError) as err:
         load_peaks(path)
     assert "column 'mz'" in str(err.value) and f"lines {bad_row + 2}" in str(err.value)
+
+
+def test_null_spellings_are_ids_in_id_columns_and_missing_in_numbers(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("peak_id,mz,rt,intensity\nNA,100,1,NA\nnull,101,1,nan\n")
+    peaks = load_peaks(path)
+    assert peaks["peak_id"].tolist() == ["NA", "null"]
+    assert peaks["intensity"].isna().all()
+    lib = tmp_path / "lib.csv"
+    lib.write_text("compound_id,formula,rt\nNA,C6H12O6,NA\n")
+    assert read_library(lib)["compound_id"].tolist() == ["NA"]
