@@ -46,6 +46,12 @@ def _atomic(write, path: Path):
     os.replace(tmp, path)
 
 
+def write_json(path: Path, obj):
+    """Write JSON under a temporary name, then rename: a reader never sees half a file."""
+    _atomic(lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float)),
+            Path(path))
+
+
 def write_partition(part, space, config, calibration, folder: str, fmt: str,
                     partition_info=None):
     """Task: annotate one partition and write its two tables; returns a one-row summary.
@@ -56,7 +62,8 @@ def write_partition(part, space, config, calibration, folder: str, fmt: str,
     folder = Path(folder)
     done = folder / "parts" / f"part.{i:05d}.json"
     if done.exists():
-        return pd.DataFrame([json.loads(done.read_text())])
+        saved = json.loads(done.read_text())
+        return pd.DataFrame([saved])[list(WRITE_SUMMARY_META)].astype(WRITE_SUMMARY_META)
     assignments, candidates = annotate_partition(part, space, config, calibration)
     ext = "parquet" if fmt == "parquet" else "csv"
     for name, frame, dtypes in (("assignments", assignments, ASSIGNMENT_DTYPES),
@@ -64,7 +71,7 @@ def write_partition(part, space, config, calibration, folder: str, fmt: str,
         _atomic(lambda p, f=frame, d=dtypes: _write(f, p, fmt, d),
                 folder / name / f"part.{i:05d}.{ext}")
     summary = _partition_summary(i, assignments, candidates)
-    _atomic(lambda p: p.write_text(json.dumps(summary.iloc[0].to_dict(), default=float)), done)
+    write_json(done, summary.iloc[0].to_dict())
     return summary
 
 
@@ -135,7 +142,7 @@ def open_staging(out, fingerprint: dict, resume: bool = False) -> tuple[Path, bo
         shutil.rmtree(staging)
     for sub in ("assignments", "candidates", "parts"):
         (staging / sub).mkdir(parents=True)
-    _atomic(lambda p: p.write_text(json.dumps(fingerprint, indent=1, sort_keys=True)), marker)
+    write_json(marker, fingerprint)
     return staging, False
 
 
@@ -173,7 +180,8 @@ def sha256(path) -> str:
 def commit(staging: Path, out: Path, manifest: dict):
     """Write the manifest and the completion marker, then move the folder into place."""
     out = Path(out).resolve()
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    _atomic(lambda p: p.write_text(json.dumps(manifest, indent=1, default=str)),
+            staging / "manifest.json")
     (staging / "_SUCCESS").write_text("")
     if out.exists():
         old = out.with_name(out.name + ".old")

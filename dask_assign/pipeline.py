@@ -204,25 +204,26 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
         raise ValueError(f"format must be one of {output.FORMATS}, not {fmt!r}")
     config = config or AssignConfig()
     t0 = time.perf_counter()
+    sources = dict(sources or {})
+    for key, value in (("peaks", peaks), ("library", library)):
+        if isinstance(value, (str, Path)):
+            sources.setdefault(key, value)
     space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
     if isinstance(peaks, dd.DataFrame):
-        return _run(peaks, space, out, config, client, fmt, sources, resume, t0, library)
+        return _annotate_to_folder(peaks, space, out, config, client, fmt, sources, resume, t0)
     workdir = output.input_path(out)
     try:
         ddf = read_peaks(peaks, columns=columns, rt_unit=config.rt_unit,
                          partition_size=config.partition_size, workdir=workdir)
-        return _run(ddf, space, out, config, client, fmt, sources or {"peaks": peaks},
-                    resume, t0, library)
+        return _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t0)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run(ddf, space, out, config, client, fmt, sources, resume, t0, library=None):
+def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t0) -> dict:
+    """Calibrate (or reuse a resumed run's calibration), write every partition, commit."""
     from . import __version__, output
 
-    sources = dict(sources or {})
-    if library is not None and not isinstance(library, SearchSpace):
-        sources.setdefault("library", library)
     inputs = {k: {"path": str(Path(v).resolve()), "sha256": output.sha256(v)}
               for k, v in sources.items() if isinstance(v, (str, Path))}
     fingerprint = {"inputs": {k: v["sha256"] for k, v in inputs.items()},
@@ -235,7 +236,7 @@ def _run(ddf, space, out, config, client, fmt, sources, resume, t0, library=None
             calibration = Calibration(**json.loads(saved.read_text()))
         else:
             calibration = calibrate(ddf, space, config)
-            saved.write_text(json.dumps(calibration.to_dict(), indent=1))
+            output.write_json(saved, calibration.to_dict())
         t_cal = time.perf_counter()
         already = len(list((staging / "parts").glob("part.*.json")))
         written = ddf.map_partitions(
