@@ -199,70 +199,74 @@ def best_calls(scored: ScoredPairs, n: int):
     return pair, prob
 
 
-def _annotate_batch(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfig,
-                    calibration: Calibration):
-    n = peaks["mz"].shape[0]
-    scored = score_peaks(peaks, ions, space, config, calibration, config.k_first)
-    pair, prob = best_calls(scored, n)
-    # Low confidence, or nothing in the first window (a drifted match may lie just beyond).
-    # NaN (a flagged overflow) compares False: it is left for review.
-    refined = (prob < config.refine_below) | (scored.n_candidates == 0)
-    redo = torch.nonzero(refined).flatten()
-    if redo.numel():
-        sub = {k: v[redo] for k, v in peaks.items()}
-        second = score_peaks(sub, ions, space, config, calibration, config.k_max,
-                             widen=config.refine_widen)
-        scored = _merge(scored, second, redo)
-        pair, prob = best_calls(scored, n)
-    return scored, pair, prob, refined
-
-
-def _concat(results):
-    """Join the results of consecutive peak batches into one."""
-    if len(results) == 1:
-        return results[0]
-    feats, ranks, probs, p_null, n_cand, overflow, pairs, calls, refined = ([] for _ in range(9))
-    peak_offset = pair_offset = 0
-    for scored, pair, prob, ref in results:
-        f = scored.features
-        feats.append(PairFeatures(**{**f.__dict__, "peak": f.peak + peak_offset}))
-        ranks.append(scored.rank)
-        probs.append(scored.prob)
-        p_null.append(scored.p_null)
-        n_cand.append(scored.n_candidates)
-        overflow.append(scored.overflow)
-        pairs.append(torch.where(pair >= 0, pair + pair_offset, pair))
-        calls.append(prob)
-        refined.append(ref)
-        peak_offset += scored.p_null.shape[0]
-        pair_offset += len(f)
+def _concat(parts: list[ScoredPairs]) -> ScoredPairs:
+    """Join the scored pairs of consecutive peak batches (peaks renumbered in order)."""
+    if len(parts) == 1:
+        return parts[0]
+    feats, offset = [], 0
+    for part in parts:
+        f = part.features
+        feats.append(PairFeatures(**{**f.__dict__, "peak": f.peak + offset}))
+        offset += part.p_null.shape[0]
     features = PairFeatures(**{k: torch.cat([getattr(f, k) for f in feats])
                                for k in feats[0].__dict__})
-    scored = ScoredPairs(features, torch.cat(ranks), torch.cat(probs), torch.cat(p_null),
-                         torch.cat(n_cand), torch.cat(overflow))
-    return scored, torch.cat(pairs), torch.cat(calls), torch.cat(refined)
+    return ScoredPairs(features, *(torch.cat([getattr(p, k) for p in parts])
+                                   for k in ("rank", "prob", "p_null", "n_candidates",
+                                             "overflow")))
 
 
-def annotate_tensors(peaks: dict, space: SearchSpace, config: AssignConfig,
-                     calibration: Calibration):
-    """First pass, then the refinement of the peaks whose call is below ``refine_below``.
-
-    Peaks go through in batches of about ``config.max_pairs`` candidate pairs, so a crowded
-    m/z range (or a huge tolerance) cannot exhaust memory.
-
-    Returns
-    -------
-    scored : ScoredPairs
-    pair, prob : torch.Tensor
-        As :func:`best_calls`.
-    refined : torch.Tensor (bool)
-    """
-    ions = space.tensors(config.device)
+def score_in_batches(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfig,
+                     calibration: Calibration, k: int, widen: float = 1.0) -> ScoredPairs:
+    """:func:`score_peaks` over batches of about ``config.max_pairs`` candidate pairs, so a
+    crowded m/z range (or a huge tolerance) cannot exhaust memory."""
     lo, hi = window_bounds(peaks["mz"], space.bins)
-    results = [_annotate_batch({k: v[a:b] for k, v in peaks.items()}, ions, space, config,
-                               calibration)
-               for a, b in batches_by_pairs(lo, hi, config.max_pairs)]
-    return _concat(results)
+    return _concat([score_peaks({key: v[a:b] for key, v in peaks.items()}, ions, space, config,
+                                calibration, k, widen)
+                    for a, b in batches_by_pairs(lo, hi, config.max_pairs)])
+
+
+@dataclass
+class PartitionResult:
+    """One partition between the pipeline's stages: its peaks, their scored candidates and
+    calls (see :func:`best_calls`), and which peaks the second pass refined."""
+
+    part: object
+    peaks: dict
+    scored: ScoredPairs
+    pair: torch.Tensor
+    prob: torch.Tensor
+    refined: torch.Tensor
+
+
+def first_pass(part, space: SearchSpace, config: AssignConfig,
+               calibration: Calibration) -> PartitionResult:
+    """Join and score a partition with ``k_first`` candidates per peak."""
+    peaks = peak_tensors(part, config.device)
+    ions = space.tensors(config.device)
+    scored = score_in_batches(peaks, ions, space, config, calibration, config.k_first)
+    n = peaks["mz"].shape[0]
+    pair, prob = best_calls(scored, n)
+    refined = torch.zeros(n, dtype=torch.bool, device=prob.device)
+    return PartitionResult(part, peaks, scored, pair, prob, refined)
+
+
+def second_pass(result: PartitionResult, space: SearchSpace, config: AssignConfig,
+                calibration: Calibration) -> PartitionResult:
+    """Re-score the peaks whose call is below ``refine_below`` (or that had no candidate)
+    with up to ``k_max`` candidates in windows ``refine_widen`` times wider."""
+    peaks, scored = result.peaks, result.scored
+    # Low confidence, or nothing in the first window (a drifted match may lie just beyond).
+    # NaN (a flagged overflow) compares False: it is left for review.
+    refined = (result.prob < config.refine_below) | (scored.n_candidates == 0)
+    redo = torch.nonzero(refined).flatten()
+    if redo.numel() == 0:
+        return PartitionResult(result.part, peaks, scored, result.pair, result.prob, refined)
+    sub = {k: v[redo] for k, v in peaks.items()}
+    second = score_in_batches(sub, space.tensors(config.device), space, config, calibration,
+                              config.k_max, widen=config.refine_widen)
+    scored = _merge(scored, second, redo)
+    pair, prob = best_calls(scored, peaks["mz"].shape[0])
+    return PartitionResult(result.part, peaks, scored, pair, prob, refined)
 
 
 def _labels(space: SearchSpace, ion: np.ndarray):
@@ -292,9 +296,16 @@ def annotate_partition(part, space: SearchSpace, config: AssignConfig,
         One row per peak (``ASSIGNMENT_DTYPES``), and one per kept candidate
         (``CANDIDATE_DTYPES``), in peak order.
     """
-    peaks = peak_tensors(part, config.device)
-    n = peaks["mz"].shape[0]
-    scored, pair, prob, refined = annotate_tensors(peaks, space, config, calibration)
+    result = second_pass(first_pass(part, space, config, calibration), space, config,
+                         calibration)
+    return to_tables(result, space)
+
+
+def to_tables(result: PartitionResult, space: SearchSpace):
+    """The assignments and candidates tables of a scored partition (pandas)."""
+    part, scored, pair, prob, refined = (result.part, result.scored, result.pair, result.prob,
+                                         result.refined)
+    n = result.peaks["mz"].shape[0]
     f = scored.features
     peak_ids = (part["peak_id"].to_pandas() if hasattr(part["peak_id"], "to_pandas")
                 else part["peak_id"]).astype("string").array

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .annotate import SearchSpace, peak_tensors, score_peaks
+from .annotate import SearchSpace, peak_tensors, score_in_batches
 from .config import AssignConfig, Calibration
 from .errors import InputError
 
@@ -106,8 +106,8 @@ def em_statistics(part, space: SearchSpace, config: AssignConfig,
         One row with ``EM_COLUMNS``.
     """
     peaks = peak_tensors(part, config.device)
-    scored = score_peaks(peaks, space.tensors(config.device), space, config, calibration,
-                         config.k_first)
+    scored = score_in_batches(peaks, space.tensors(config.device), space, config, calibration,
+                              config.k_first)
     f = scored.features
     # Undo the unlisted-isomer share: the M-step fits the mixture itself.
     w = (scored.prob / (1 - config.scorer.unlisted_prior)).nan_to_num(0.0)

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .annotate import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES, annotate_partition
+from .annotate import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES, to_tables
 from .errors import InputError
 
 FORMATS = ("parquet", "csv")
@@ -52,19 +52,24 @@ def write_json(path: Path, obj):
             Path(path))
 
 
-def write_partition(part, space, config, calibration, folder: str, fmt: str,
-                    partition_info=None):
-    """Task: annotate one partition and write its two tables; returns a one-row summary.
+def finished_summary(folder, i: int) -> pd.DataFrame | None:
+    """The summary of partition ``i`` if an earlier (interrupted) run finished it."""
+    done = Path(folder) / "parts" / f"part.{i:05d}.json"
+    if not done.exists():
+        return None
+    saved = json.loads(done.read_text())
+    return pd.DataFrame([saved])[list(WRITE_SUMMARY_META)].astype(WRITE_SUMMARY_META)
 
-    A partition whose summary file exists (a resumed run) is not computed again.
+
+def write_partition(result, space, folder: str, fmt: str, i: int) -> pd.DataFrame:
+    """Task: write the two tables of a scored partition; returns a one-row summary.
+
+    Files are written under temporary names and renamed; the summary file, written last,
+    marks the partition as finished.
     """
-    i = partition_info["number"] if partition_info else 0
     folder = Path(folder)
     done = folder / "parts" / f"part.{i:05d}.json"
-    if done.exists():
-        saved = json.loads(done.read_text())
-        return pd.DataFrame([saved])[list(WRITE_SUMMARY_META)].astype(WRITE_SUMMARY_META)
-    assignments, candidates = annotate_partition(part, space, config, calibration)
+    assignments, candidates = to_tables(result, space)
     ext = "parquet" if fmt == "parquet" else "csv"
     for name, frame, dtypes in (("assignments", assignments, ASSIGNMENT_DTYPES),
                                 ("candidates", candidates, CANDIDATE_DTYPES)):

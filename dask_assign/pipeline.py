@@ -1,9 +1,10 @@
-"""The dask graph: read -> summarise -> calibrate (EM) -> score and refine -> write.
+"""The dask graph: read -> summarise -> calibrate (EM) -> score -> refine -> write.
 
 Peaks are a dask DataFrame (pandas or cudf partitions); the library is small and becomes one
 :class:`~dask_assign.annotate.SearchSpace` that every task shares (one graph key, so each
 worker receives it once). Task names say what they do, so the dashboard's task stream reads
-as the pipeline: ``summarize_peaks``, ``em_step``, ``score_partition``, ``write_partition``.
+as the pipeline: ``read_parquet``, ``summarize_peaks``, ``em_step``, ``score_partition``,
+``refine_partition``, ``write_partition``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import dask.dataframe as dd
 import pandas as pd
 
 from .adducts import select_adducts
-from .annotate import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES, SearchSpace, annotate_partition
+from .annotate import (
+    ASSIGNMENT_DTYPES,
+    CANDIDATE_DTYPES,
+    SearchSpace,
+    annotate_partition,
+    first_pass,
+    second_pass,
+)
 from .calibration import (
     EM_COLUMNS,
     SUMMARY_COLUMNS,
@@ -58,13 +66,23 @@ def em_step(part, space, config, calibration):
 
 
 def score_partition(part, space, config, calibration):
-    """Task: candidates, scores and refinement of one partition -> assignments."""
+    """Task: the candidate join and first-pass scores of one partition."""
+    return first_pass(part, space, config, calibration)
+
+
+def refine_partition(result, space, config, calibration):
+    """Task: the second pass over the low-confidence peaks of one partition."""
+    return second_pass(result, space, config, calibration)
+
+
+def assign_partition(part, space, config, calibration):
+    """Task: join, score and refine one partition -> its assignments (for :func:`assign`)."""
     assignments, _ = annotate_partition(part, space, config, calibration)
     return _to_backend_of(part, assignments)
 
 
-def score_candidates(part, space, config, calibration):
-    """Task: as :func:`score_partition`, the long candidates table."""
+def candidates_partition(part, space, config, calibration):
+    """Task: as :func:`assign_partition`, the long candidates table."""
     _, candidates = annotate_partition(part, space, config, calibration)
     return _to_backend_of(part, candidates)
 
@@ -150,7 +168,7 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
                 calibration = calibrate(ddf, space, config)
         else:
             calibration = calibrate(ddf, space, config)
-    return ddf.map_partitions(score_partition, dask.delayed(space, pure=True), config,
+    return ddf.map_partitions(assign_partition, dask.delayed(space, pure=True), config,
                               calibration, meta=dict(ASSIGNMENT_DTYPES))
 
 
@@ -159,7 +177,7 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration) -
     :func:`assign`."""
     ddf = _as_ddf(peaks, config)
     space = prepare_library(library, config)
-    return ddf.map_partitions(score_candidates, dask.delayed(space, pure=True), config,
+    return ddf.map_partitions(candidates_partition, dask.delayed(space, pure=True), config,
                               calibration, meta=dict(CANDIDATE_DTYPES))
 
 
@@ -220,6 +238,35 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def write_graph(ddf, space, config, calibration, staging, fmt):
+    """One chain of named tasks per partition: ``score_partition`` (join and first pass) ->
+    ``refine_partition`` (second pass) -> ``write_partition``. Partitions that an interrupted
+    run finished are not computed again: their saved summaries stand in.
+
+    Returns
+    -------
+    summaries : list of dask.delayed.Delayed
+        One-row summary frames, in partition order.
+    resumed : int
+        Partitions reused.
+    """
+    from . import output
+
+    space_key = dask.delayed(space, pure=True)
+    summaries, resumed = [], 0
+    for i, part in enumerate(ddf.to_delayed()):
+        done = output.finished_summary(staging, i)
+        if done is not None:
+            summaries.append(dask.delayed(done))
+            resumed += 1
+            continue
+        scored = dask.delayed(score_partition)(part, space_key, config, calibration)
+        refined = dask.delayed(refine_partition)(scored, space_key, config, calibration)
+        summaries.append(dask.delayed(output.write_partition)(refined, space_key, str(staging),
+                                                              fmt, i))
+    return summaries, resumed
+
+
 def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t0) -> dict:
     """Calibrate (or reuse a resumed run's calibration), write every partition, commit."""
     from . import __version__, output
@@ -238,11 +285,8 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
             calibration = calibrate(ddf, space, config)
             output.write_json(saved, calibration.to_dict())
         t_cal = time.perf_counter()
-        already = len(list((staging / "parts").glob("part.*.json")))
-        written = ddf.map_partitions(
-            output.write_partition, dask.delayed(space, pure=True), config, calibration,
-            str(staging), fmt, meta=output.WRITE_SUMMARY_META).compute()
-    written = written.to_pandas() if hasattr(written, "to_pandas") else written
+        summaries, already = write_graph(ddf, space, config, calibration, staging, fmt)
+        written = pd.concat(dask.compute(*summaries), ignore_index=True)
     output.combine_parts(staging, fmt)
     t_end = time.perf_counter()
     n = int(written["peaks"].sum())
@@ -254,7 +298,7 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
         "overflow": int(written["overflow"].sum()),
         "candidates": int(written["candidates"].sum()),
         "n_candidates_p99": float(written["n_cand_p99"].max()),
-        "partitions": int(len(written)), "resumed_partitions": already if resumed else 0,
+        "partitions": int(len(written)), "resumed_partitions": already,
         "ions": int(len(space.mz)),
         "seconds": {"calibrate": t_cal - t0, "score_and_write": t_end - t_cal,
                     "total": t_end - t0},
