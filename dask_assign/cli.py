@@ -43,7 +43,8 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--columns", type=_columns, help="peak columns, e.g. mz=MZ,rt=RT,peak_id=ID")
     p.add_argument("--partition-size", type=int, default=250_000, help="peaks per partition")
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
-    p.add_argument("--scheduler", help="address of a running Dask scheduler")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (default: "
+                   "$DASK_SCHEDULER_ADDRESS, else a new local cluster)")
     p.add_argument("--workers", type=int, help="worker processes of the local cluster")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run with the same inputs and settings")
@@ -86,12 +87,14 @@ def _run(args, peaks, library, out, config=None, columns=None, fmt=None, schedul
     try:
         ddf = read_peaks(peaks, columns=columns, rt_unit=config.rt_unit,
                          partition_size=config.partition_size, workdir=workdir)
-        client, cluster = connect(args.scheduler or scheduler, args.workers or workers,
-                                  security=_security(args))
+        # The dask-kubernetes operator tells a DaskJob pod its scheduler this way.
+        address = args.scheduler or scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+        client, cluster = connect(address, args.workers or workers, security=_security(args))
         try:
             print(f"dashboard: {client.dashboard_link}", flush=True)
             summary = run(ddf, space, out, config, client=client, fmt=fmt or args.format,
-                          sources={"peaks": peaks, "library": library}, resume=args.resume)
+                          sources={"peaks": peaks, "library": library}, resume=args.resume,
+                          progress=sys.stdout.isatty() and not getattr(args, "quiet", False))
         finally:
             client.close()
             if cluster is not None:

@@ -185,7 +185,7 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration) -
 
 def run(peaks, library, out, config: AssignConfig | None = None, client=None,
         fmt: str = "parquet", columns=None, sources: dict | None = None,
-        resume: bool = False) -> dict:
+        resume: bool = False, progress: bool = False) -> dict:
     """Annotate a peak table and write the results to a folder, atomically.
 
     Parameters
@@ -210,6 +210,8 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
         Continue an interrupted run into the same ``out`` with the same inputs and settings:
         its calibration and finished partitions are kept, the rest computed. The result is
         identical to an uninterrupted run.
+    progress : bool
+        Show distributed's progress bar while partitions are scored and written.
 
     Returns
     -------
@@ -228,12 +230,14 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
             sources.setdefault(key, value)
     space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
     if isinstance(peaks, dd.DataFrame):
-        return _annotate_to_folder(peaks, space, out, config, client, fmt, sources, resume, t0)
+        return _annotate_to_folder(peaks, space, out, config, client, fmt, sources, resume, t0,
+                                   progress)
     workdir = output.input_path(out)
     try:
         ddf = read_peaks(peaks, columns=columns, rt_unit=config.rt_unit,
                          partition_size=config.partition_size, workdir=workdir)
-        return _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t0)
+        return _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t0,
+                                   progress)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -267,7 +271,8 @@ def write_graph(ddf, space, config, calibration, staging, fmt):
     return summaries, resumed
 
 
-def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t0) -> dict:
+def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t0,
+                        progress=False) -> dict:
     """Calibrate (or reuse a resumed run's calibration), write every partition, commit."""
     from . import __version__, output
 
@@ -286,7 +291,15 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
             output.write_json(saved, calibration.to_dict())
         t_cal = time.perf_counter()
         summaries, already = write_graph(ddf, space, config, calibration, staging, fmt)
-        written = pd.concat(dask.compute(*summaries), ignore_index=True)
+        if client is not None:
+            futures = client.compute(summaries)
+            if progress:
+                from distributed import progress as progress_bar
+
+                progress_bar(futures)  # a text bar in a terminal, a widget in a notebook
+            written = pd.concat(client.gather(futures), ignore_index=True)
+        else:
+            written = pd.concat(dask.compute(*summaries), ignore_index=True)
     output.combine_parts(staging, fmt)
     t_end = time.perf_counter()
     n = int(written["peaks"].sum())

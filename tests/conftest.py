@@ -40,3 +40,43 @@ def local_client():
 @pytest.fixture
 def rng():
     return np.random.default_rng(7)
+
+
+def _big_config():
+    from dask_assign.config import AssignConfig
+
+    return AssignConfig(partition_size=3000)
+
+
+#: Settings of the runs on the big peak table (56 partitions).
+BIG_CONFIG = _big_config()
+
+
+def read(out, name="assignments"):
+    return pd.read_parquet(Path(out) / f"{name}.parquet")
+
+
+@pytest.fixture(scope="session")
+def big_peaks(tmp_path_factory):
+    """The demo peaks 150 times over (168k peaks), RT jittered, unique ids."""
+    demo = pd.read_csv(DEMO / "peaks.csv")
+    rng = np.random.default_rng(3)
+    copies = []
+    for k in range(150):
+        c = demo.copy()
+        c["peak_id"] = c["peak_id"] + f"_{k:03d}"
+        c["rt"] = (c["rt"] + rng.normal(0, 0.01, len(c))).clip(lower=0)
+        copies.append(c)
+    path = tmp_path_factory.mktemp("big") / "peaks.parquet"
+    pd.concat(copies, ignore_index=True).to_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def undisturbed(big_peaks, tmp_path_factory, local_client):
+    """The reference run on the big peak table: a LocalCluster, nothing going wrong."""
+    from dask_assign.pipeline import run
+
+    out = tmp_path_factory.mktemp("ref") / "out"
+    run(big_peaks, DEMO / "library.csv", out, BIG_CONFIG, client=local_client)
+    return out

@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,37 +15,9 @@ from dask_assign.cluster import connect
 from dask_assign.config import AssignConfig
 from dask_assign.errors import InputError
 from dask_assign.pipeline import run
-from tests.conftest import DEMO
+from tests.conftest import BIG_CONFIG, DEMO, read
 
-
-@pytest.fixture(scope="module")
-def big_peaks(tmp_path_factory):
-    """The demo peaks 150 times over (168k peaks), RT jittered, unique ids."""
-    demo = pd.read_csv(DEMO / "peaks.csv")
-    rng = np.random.default_rng(3)
-    copies = []
-    for k in range(150):
-        c = demo.copy()
-        c["peak_id"] = c["peak_id"] + f"_{k:03d}"
-        c["rt"] = (c["rt"] + rng.normal(0, 0.01, len(c))).clip(lower=0)
-        copies.append(c)
-    path = tmp_path_factory.mktemp("big") / "peaks.parquet"
-    pd.concat(copies, ignore_index=True).to_parquet(path)
-    return path
-
-
-CONFIG = AssignConfig(partition_size=3000)
-
-
-def read(out, name="assignments"):
-    return pd.read_parquet(out / f"{name}.parquet")
-
-
-@pytest.fixture(scope="module")
-def undisturbed(big_peaks, tmp_path_factory, local_client):
-    out = tmp_path_factory.mktemp("ref") / "out"
-    run(big_peaks, DEMO / "library.csv", out, CONFIG, client=local_client)
-    return out
+CONFIG = BIG_CONFIG
 
 
 def test_killed_worker_gives_identical_output(big_peaks, undisturbed, tmp_path):
