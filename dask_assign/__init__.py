@@ -5,6 +5,7 @@ that call, and the probability that the peak is none of the library's compounds.
 """
 
 from importlib.metadata import version
+from pathlib import Path
 
 from .config import AssignConfig, Calibration, ScorerParams
 from .errors import InputError
@@ -12,5 +13,7 @@ from .io import load_peaks, read_library, read_peaks
 from .pipeline import assign, candidates, run
 
 __version__ = version("dask-assign")
-__all__ = ["AssignConfig", "Calibration", "InputError", "ScorerParams", "assign", "candidates",
-           "load_peaks", "read_library", "read_peaks", "run", "__version__"]
+#: The shipped demo set (RepoRT 0392; CC BY-SA 4.0): peaks.csv, library.csv, truth.csv.
+DEMO_DATA = Path(__file__).parent / "data" / "demo"
+__all__ = ["DEMO_DATA", "AssignConfig", "Calibration", "InputError", "ScorerParams", "assign",
+           "candidates", "load_peaks", "read_library", "read_peaks", "run", "__version__"]

@@ -146,7 +146,7 @@ ASSIGNMENT_DTYPES = {
     "peak_id": "string", "compound_id": "string", "name": "string", "formula": "string",
     "adduct": "string", "isotope": "string", "prob": "float64", "p_null": "float64",
     "ppm_error": "float64", "rt_error": "float64", "n_candidates": "int64", "overflow": "bool",
-    "refined": "bool",
+    "refined": "bool", "mz": "float64", "rt": "float64",
 }
 #: Columns and dtypes of the candidates table (one row per kept candidate).
 CANDIDATE_DTYPES = {
@@ -333,6 +333,7 @@ def to_tables(result: PartitionResult, space: SearchSpace):
         "n_candidates": scored.n_candidates.cpu().numpy().astype(np.int64),
         "overflow": scored.overflow.cpu().numpy(),
         "refined": refined.cpu().numpy(),
+        "mz": result.peaks["mz"].cpu().numpy(), "rt": result.peaks["rt"].cpu().numpy(),
     })
     candidates = pd.DataFrame({
         "peak_id": peak_ids.take(f.peak.cpu().numpy()),

@@ -165,6 +165,31 @@ def cmd_demo(args) -> int:
     print("accuracy against the shipped truth:")
     print("  " + "  ".join(f"{k}={v}" for k, v in scores.items()))
     print(f"wall time        {time.perf_counter() - t0:.1f} s (cluster start included)")
+    from .report import write_report
+
+    print(f"report           {write_report(out, truth=DEMO_DIR / 'truth.csv')}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.result, args.out, args.truth)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    import pandas as pd
+
+    from .evaluate import evaluate
+    from .report import _read_table
+
+    scores = evaluate(_read_table(Path(args.result), "assignments"),
+                      pd.read_csv(args.truth, dtype=str))
+    print(json.dumps(scores) if args.json else "  ".join(f"{k}={v}" for k, v in scores.items()))
     return 0
 
 
@@ -190,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls_options(j)
     j.add_argument("-v", "--verbose", action="store_true")
     j.set_defaults(func=cmd_submit, format=None, columns=None)
+    r = sub.add_parser("report", help="write a self-contained HTML report of a result folder")
+    r.add_argument("result", help="output folder of a run")
+    r.add_argument("--truth", help="truth table (peak_id, compound_id) for scores")
+    r.add_argument("--out", help="HTML file (default RESULT/report.html)")
+    r.add_argument("-v", "--verbose", action="store_true")
+    r.set_defaults(func=cmd_report)
+    e = sub.add_parser("evaluate", help="score a result folder against a truth table")
+    e.add_argument("result", help="output folder of a run")
+    e.add_argument("--truth", required=True, help="truth table (peak_id, compound_id)")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("-v", "--verbose", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
     d = sub.add_parser("demo", help="annotate the shipped demo data and score it")
     d.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     _add_run_options(d)

@@ -68,7 +68,7 @@ def test_output_folder_contents(local_client, tmp_path):
     assert a["peak_id"].tolist() == peaks["peak_id"].tolist()  # one row per peak, in order
     assert list(a.columns) == ["peak_id", "compound_id", "name", "formula", "adduct",
                                "isotope", "prob", "p_null", "ppm_error", "rt_error",
-                               "n_candidates", "overflow", "refined"]
+                               "n_candidates", "overflow", "refined", "mz", "rt"]
     assert set(a["isotope"].dropna()) <= {"13C1", "13C2"}
     assert ((a["prob"] >= a["p_null"]) | a["compound_id"].isna()).all()
     c = pd.read_parquet(out / "candidates.parquet")
