@@ -73,5 +73,11 @@ def connect(scheduler: str | None = None, workers: int | None = None,
                                security=security)
         client = Client(cluster, security=security)
     client.register_plugin(TorchThreads(threads_per_worker))
+    try:
+        from .metrics import RunMetrics
+
+        client.register_plugin(RunMetrics())
+    except Exception as err:  # a scheduler without dask-assign installed: no live metrics
+        log.warning("live metrics unavailable on this scheduler: %s", err)
     log.info("dashboard: %s", client.dashboard_link)
     return client, cluster

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from .annotate import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES, to_tables
 from .errors import InputError
+from .metrics import report_partition
 
 FORMATS = ("parquet", "csv")
 
@@ -76,6 +77,7 @@ def write_partition(result, space, folder: str, fmt: str, i: int) -> pd.DataFram
         _atomic(lambda p, f=frame, d=dtypes: _write(f, p, fmt, d),
                 folder / name / f"part.{i:05d}.{ext}")
     summary = _partition_summary(i, assignments, candidates)
+    report_partition(assignments)  # live counts for the scheduler's /metrics
     write_json(done, summary.iloc[0].to_dict())
     return summary
 

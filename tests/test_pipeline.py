@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -100,3 +101,35 @@ def test_shared_sets_with_reference_scorer(local_client, tmp_path, name):
     assert scores["overall"] >= 0.92
     assert scores["ece"] <= 0.05
     assert scores["n"] == len(pd.read_csv(data / "peaks.csv"))
+
+
+def test_live_metrics_on_the_scheduler(local_client, tmp_path):
+    """Peaks assigned and the confidence histogram, as Prometheus counters on /metrics."""
+    import re
+    import urllib.request
+
+    def scrape():
+        url = local_client.dashboard_link.replace("/status", "/metrics")
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        return {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^(dask_assign_\w+_total(?:\{[^}]*\})?) (\S+)$', text, re.M)}
+
+    before = scrape()
+    summary = run(DEMO / "peaks.csv", DEMO / "library.csv", tmp_path / "out",
+                  AssignConfig(partition_size=300), client=local_client)
+    # Events travel from the workers on their own stream: wait for the last one to land.
+    deadline = time.time() + 20
+    after = scrape()
+    while (after.get("dask_assign_partitions_total", 0) - before.get(
+            "dask_assign_partitions_total", 0) < summary["partitions"] and time.time() < deadline):
+        time.sleep(0.1)
+        after = scrape()
+
+    def grew(key):
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew('dask_assign_peaks_total{call="assigned"}') == summary["assigned"]
+    assert grew('dask_assign_peaks_total{call="not_in_library"}') == summary["not_in_library"]
+    assert grew("dask_assign_partitions_total") == summary["partitions"] == 4
+    hist = sum(grew(f'dask_assign_confidence_total{{le="{k / 10:.1f}"}}') for k in range(1, 11))
+    assert hist == summary["peaks"]
