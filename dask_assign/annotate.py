@@ -70,8 +70,8 @@ def peak_tensors(part, device: str) -> dict:
     out = {}
     for col in ("mz", "rt", "intensity"):
         series = part[col]
-        if hasattr(series, "to_dlpack"):  # cudf: zero-copy through DLPack
-            out[col] = torch.from_dlpack(series.astype("float64").fillna(np.nan).to_dlpack())
+        if hasattr(series, "to_cupy"):  # cudf: a device array, handed to torch by DLPack
+            out[col] = torch.from_dlpack(series.astype("float64").to_cupy(na_value=np.nan))
         else:
             out[col] = torch.from_numpy(series.to_numpy(dtype=np.float64, na_value=np.nan)
                                         .copy()).to(device)
