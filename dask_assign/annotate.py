@@ -110,7 +110,9 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
         Factor on the ppm and RT windows (the refinement searches wider).
     """
     n = peaks["mz"].shape[0]
-    pi, ii = range_join(peaks["mz"], peaks["rt"], ions["mz"], ions["rt"], space.bins,
+    # The RT window is centred on the library RT mapped to this run (the calibration's map).
+    mapped_rt = calibration.rt_intercept + calibration.rt_slope * ions["rt"]
+    pi, ii = range_join(peaks["mz"], peaks["rt"], ions["mz"], mapped_rt, space.bins,
                         config.ppm * widen, config.rt_window * widen)
     feats = pair_features(pi, ii, peaks, ions)
     scorer = get_scorer(config.scorer, calibration, config.device)

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from .annotate import SearchSpace, peak_tensors, score_in_batches
+from .candidates import batches_by_pairs, range_join, window_bounds
 from .config import AssignConfig, Calibration
 from .errors import InputError
 
@@ -94,6 +95,79 @@ def run_context(summary: pd.DataFrame, space: SearchSpace, config: AssignConfig)
         log_volume=math.log(mz_span_ppm * rt_span), log_prior_mass=log_prior_mass,
         log_intensity_center=center, log_intensity_scale=max(scale, 0.1), iterations=0,
     )
+
+
+#: Slopes tried by the drift search (library RT -> run RT).
+DRIFT_SLOPES = np.round(np.arange(0.80, 1.2001, 0.005), 3)
+#: Width of the shift bins of the drift search (minutes).
+DRIFT_BIN = 0.05
+#: Peaks the drift search looks at, at most (a deterministic sample by peak id).
+DRIFT_SAMPLE = 50_000
+VOTE_COLUMNS = {"slope": "int64", "shift": "int64", "w": "float64"}
+
+
+def _sampled(part, fraction: float) -> np.ndarray:
+    """A deterministic sample of a partition's peaks: by a hash of the peak id, so the same
+    peaks are picked however the table is partitioned."""
+    if fraction >= 1:
+        return np.ones(len(part), dtype=bool)
+    ids = part["peak_id"]
+    ids = ids.to_pandas() if hasattr(ids, "to_pandas") else ids
+    h = pd.util.hash_array(ids.to_numpy(dtype=object)) % np.uint64(1 << 20)
+    return h < np.uint64(int(fraction * (1 << 20)))
+
+
+def drift_votes(part, space: SearchSpace, config: AssignConfig, fraction: float):
+    """Votes of one partition for the RT map: every mass match (RT ignored) of the sampled
+    peaks votes, for each slope tried, for the shift ``rt_peak - slope * rt_library``.
+
+    True matches pile up on one (slope, shift); false ones spread out. A peak's votes share
+    one unit of weight, so peaks with many candidates do not dominate.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``slope`` (index into ``DRIFT_SLOPES``), ``shift`` (bin), ``w``: summed weights.
+    """
+    keep = _sampled(part, fraction)
+    peaks = peak_tensors(part, config.device)
+    peaks = {k: v[torch.as_tensor(keep, device=v.device)] for k, v in peaks.items()}
+    ions = space.tensors(config.device)
+    n_bins = int(round(2 * config.max_drift / DRIFT_BIN))
+    total = torch.zeros(len(DRIFT_SLOPES) * n_bins, dtype=torch.float64)
+    lo, hi = window_bounds(peaks["mz"], space.bins)
+    for a, b in batches_by_pairs(lo, hi, config.max_pairs):
+        sub = {k: v[a:b] for k, v in peaks.items()}
+        pi, ii = range_join(sub["mz"], sub["rt"], ions["mz"], ions["rt"], space.bins,
+                            config.ppm, float("inf"))
+        has_rt = ~torch.isnan(ions["rt"][ii])
+        pi, ii = pi[has_rt], ii[has_rt]
+        if pi.numel() == 0:
+            continue
+        weight = 1.0 / torch.bincount(pi).to(torch.float64)[pi]
+        slopes = torch.as_tensor(DRIFT_SLOPES, dtype=torch.float64, device=pi.device)
+        shift = sub["rt"][pi][None, :] - slopes[:, None] * ions["rt"][ii][None, :]
+        bins = torch.floor((shift + config.max_drift) / DRIFT_BIN).to(torch.int64)
+        ok = (bins >= 0) & (bins < n_bins)
+        flat = (torch.arange(len(DRIFT_SLOPES), device=pi.device)[:, None] * n_bins + bins)[ok]
+        total += torch.zeros_like(total).index_add(
+            0, flat.cpu(), weight.expand(len(DRIFT_SLOPES), -1)[ok].cpu())
+    nz = torch.nonzero(total).flatten()
+    return pd.DataFrame({"slope": (nz // n_bins).numpy(), "shift": (nz % n_bins).numpy(),
+                         "w": total[nz].numpy()}).astype(VOTE_COLUMNS)
+
+
+def drift_from_votes(votes: pd.DataFrame, config: AssignConfig) -> tuple[float, float] | None:
+    """The (intercept, slope) of the RT map with the most votes (shift bins smoothed over
+    three), or None when there are too few votes to trust."""
+    if votes["w"].sum() < 10:
+        return None
+    n_bins = int(round(2 * config.max_drift / DRIFT_BIN))
+    grid = np.zeros((len(DRIFT_SLOPES), n_bins))
+    np.add.at(grid, (votes["slope"].to_numpy(), votes["shift"].to_numpy()), votes["w"])
+    smooth = grid + np.roll(grid, 1, axis=1) + np.roll(grid, -1, axis=1)
+    s, k = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    return float(-config.max_drift + (k + 0.5) * DRIFT_BIN), float(DRIFT_SLOPES[s])
 
 
 def em_statistics(part, space: SearchSpace, config: AssignConfig,

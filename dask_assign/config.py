@@ -71,8 +71,9 @@ class AssignConfig:
     ppm : float
         Mass tolerance of the candidate search (ppm, either side).
     rt_window : float
-        Retention-time tolerance of the candidate search (minutes, either side) where the library
-        has a retention time; compounds without one are not masked by RT.
+        Retention-time tolerance of the candidate search (minutes, either side) around the
+        library RT mapped to this run (see ``max_drift``) where the library has a retention
+        time; compounds without one are not masked by RT.
     rt_unit : {"auto", "min", "s"}
         Unit of the peak table's retention times; ``auto`` infers it (and logs why).
     library_rt_unit : {"min", "s"}
@@ -96,6 +97,10 @@ class AssignConfig:
         Parameters of the default scorer.
     calibrate : bool
         Fit the mass and RT error models and the null prior from the data (EM) before scoring.
+    max_drift : float
+        Largest shift (minutes) between library and run retention times that the calibration's
+        first, mass-only pass looks for; RT windows are then centred on the fitted mapping.
+        0 turns the search off.
     em_iterations : int
         Most EM iterations of the calibration.
     partition_size : int
@@ -122,6 +127,7 @@ class AssignConfig:
     refine_widen: float = 2.0
     scorer: ScorerParams = field(default_factory=ScorerParams)
     calibrate: bool = True
+    max_drift: float = 5.0
     em_iterations: int = 8
     partition_size: int = 250_000
     max_pairs: int = 4_000_000

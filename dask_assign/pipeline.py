@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dask
 import dask.dataframe as dd
+import numpy as np
 import pandas as pd
 
 from .adducts import select_adducts
@@ -30,8 +31,13 @@ from .annotate import (
     second_pass,
 )
 from .calibration import (
+    DRIFT_BIN,
+    DRIFT_SAMPLE,
     EM_COLUMNS,
     SUMMARY_COLUMNS,
+    VOTE_COLUMNS,
+    drift_from_votes,
+    drift_votes,
     em_statistics,
     fit_calibration,
     peak_summary,
@@ -58,6 +64,11 @@ def prepare_library(library, config: AssignConfig) -> SearchSpace:
 def summarize_peaks(part):
     """Task: sums and ranges of one partition (for the run context)."""
     return peak_summary(part)
+
+
+def drift_search(part, space, config, fraction):
+    """Task: mass-only votes of one partition for the library-to-run RT map."""
+    return drift_votes(part, space, config, fraction)
 
 
 def em_step(part, space, config, calibration):
@@ -112,6 +123,17 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig) -> 
     start = run_context(summary, space, config)
     if not config.calibrate:
         return start
+    if config.max_drift > 0 and np.isfinite(space.rt).any():
+        fraction = min(1.0, DRIFT_SAMPLE / max(float(summary["n"].sum()), 1.0))
+        votes = _collect(peaks.map_partitions(drift_search, space_key, config, fraction,
+                                              meta=dict(VOTE_COLUMNS)))
+        votes = votes.groupby(["slope", "shift"], as_index=False)["w"].sum()
+        found = drift_from_votes(votes, config)
+        if found is not None:
+            # Start EM from the voted map, with an RT spread as wide as one vote bin allows.
+            start = start.replace(rt_intercept=found[0], rt_slope=found[1],
+                                  rt_sigma=max(start.rt_sigma, 2 * DRIFT_BIN))
+            log.info("RT drift search: run RT = %.3f + %.3f x library RT", *found)
 
     def stats_of(calibration):
         parts = peaks.map_partitions(em_step, space_key, config, calibration,

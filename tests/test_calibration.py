@@ -62,3 +62,45 @@ def test_em_keeps_defaults_when_nothing_matches(rng):
     start, cal = fit(far, space, config)
     assert cal.mass_offset_ppm == start.mass_offset_ppm
     assert cal.rt_sigma == start.rt_sigma
+
+
+def test_drift_votes_find_the_map(rng):
+    from dask_assign.calibration import drift_from_votes, drift_votes
+
+    peaks, space, config = simulate(rng, shift=2.4, slope=1.06, rt_sd=0.03)
+    votes = drift_votes(peaks, space, config, fraction=1.0)
+    # Votes are sums over peaks, so any split of the peaks gives the same total.
+    halves = pd.concat([drift_votes(peaks.iloc[:150], space, config, 1.0),
+                        drift_votes(peaks.iloc[150:], space, config, 1.0)])
+    halves = halves.groupby(["slope", "shift"], as_index=False)["w"].sum()
+    merged = votes.merge(halves, on=["slope", "shift"], suffixes=("", "_h"))
+    assert len(merged) == len(votes) == len(halves)
+    np.testing.assert_allclose(merged["w"], merged["w_h"])
+    intercept, slope = drift_from_votes(votes, config)
+    assert slope == pytest.approx(1.06, abs=0.01)
+    assert intercept == pytest.approx(2.4, abs=0.15)
+
+
+@pytest.mark.parametrize("shift,slope", [(1.5, 1.0), (0.6, 1.05), (3.0, 0.95)])
+def test_annotation_survives_rt_drift(local_client, shift, slope):
+    """Library and run RTs apart by minutes: the drift search recentres the RT window, so
+    the calls stay those of the undrifted run."""
+    from dask_assign.evaluate import evaluate
+    from dask_assign.pipeline import assign
+    from tests.conftest import DEMO
+
+    peaks = pd.read_csv(DEMO / "peaks.csv")
+    truth = pd.read_csv(DEMO / "truth.csv", dtype=str)
+    lib = DEMO / "library.csv"
+    base = assign(peaks, lib, client=local_client)
+    moved = assign(peaks.assign(rt=shift + slope * peaks["rt"]), lib, client=local_client)
+    with local_client.as_current():
+        base, moved = base.compute(), moved.compute()
+    same = (base["compound_id"].fillna("-") == moved["compound_id"].fillna("-")).mean()
+    assert same >= 0.99
+    assert evaluate(moved, truth)["overall"] >= evaluate(base, truth)["overall"] - 0.01
+    if shift >= 1.5:  # beyond twice the RT window, EM alone cannot find the matches
+        no_search = assign(peaks.assign(rt=shift + slope * peaks["rt"]), lib,
+                           AssignConfig(max_drift=0), client=local_client)
+        with local_client.as_current():
+            assert evaluate(no_search.compute(), truth)["overall"] < 0.8
