@@ -106,7 +106,7 @@ DRIFT_SAMPLE = 50_000
 VOTE_COLUMNS = {"slope": "int64", "shift": "int64", "w": "float64"}
 
 
-def _sampled(part, fraction: float) -> np.ndarray:
+def sampled(part, fraction: float) -> np.ndarray:
     """A deterministic sample of a partition's peaks: by a hash of the peak id, so the same
     peaks are picked however the table is partitioned."""
     if fraction >= 1:
@@ -129,7 +129,7 @@ def drift_votes(part, space: SearchSpace, config: AssignConfig, fraction: float)
     pandas.DataFrame
         ``slope`` (index into ``DRIFT_SLOPES``), ``shift`` (bin), ``w``: summed weights.
     """
-    keep = _sampled(part, fraction)
+    keep = sampled(part, fraction)
     peaks = peak_tensors(part, config.device)
     peaks = {k: v[torch.as_tensor(keep, device=v.device)] for k, v in peaks.items()}
     ions = space.tensors(config.device)
@@ -170,9 +170,21 @@ def drift_from_votes(votes: pd.DataFrame, config: AssignConfig) -> tuple[float, 
     return float(-config.max_drift + (k + 0.5) * DRIFT_BIN), float(DRIFT_SLOPES[s])
 
 
+#: Peaks the EM looks at, at most (the same kind of deterministic sample as the drift search):
+#: a few hundred thousand peaks fix its handful of parameters as well as millions do.
+EM_SAMPLE = 200_000
+
+
 def em_statistics(part, space: SearchSpace, config: AssignConfig,
                   calibration: Calibration) -> pd.DataFrame:
     """E-step on one partition: responsibility-weighted sums of mass and RT errors.
+
+    Parameters
+    ----------
+    part : pandas.DataFrame or cudf.DataFrame
+    space : SearchSpace
+    config : AssignConfig
+    calibration : Calibration
 
     Returns
     -------

@@ -34,6 +34,7 @@ from .calibration import (
     DRIFT_BIN,
     DRIFT_SAMPLE,
     EM_COLUMNS,
+    EM_SAMPLE,
     SUMMARY_COLUMNS,
     VOTE_COLUMNS,
     drift_from_votes,
@@ -42,6 +43,7 @@ from .calibration import (
     fit_calibration,
     peak_summary,
     run_context,
+    sampled,
 )
 from .config import AssignConfig, Calibration
 from .io import read_library, read_peaks
@@ -69,6 +71,11 @@ def summarize_peaks(part):
 def drift_search(part, space, config, fraction):
     """Task: mass-only votes of one partition for the library-to-run RT map."""
     return drift_votes(part, space, config, fraction)
+
+
+def sample_peaks(part, fraction):
+    """Task: the peaks of a partition that calibration looks at (a sample by peak id)."""
+    return part[sampled(part, fraction)]
 
 
 def em_step(part, space, config, calibration):
@@ -135,9 +142,14 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig) -> 
                                   rt_sigma=max(start.rt_sigma, 2 * DRIFT_BIN))
             log.info("RT drift search: run RT = %.3f + %.3f x library RT", *found)
 
+    fraction = min(1.0, EM_SAMPLE / max(float(summary["n"].sum()), 1.0))
+    # The EM steps share one sample of the peaks, read and kept in memory once.
+    em_peaks = peaks if fraction >= 1 else peaks.map_partitions(
+        sample_peaks, fraction, meta=peaks._meta).persist()
+
     def stats_of(calibration):
-        parts = peaks.map_partitions(em_step, space_key, config, calibration,
-                                     meta={c: "float64" for c in EM_COLUMNS})
+        parts = em_peaks.map_partitions(em_step, space_key, config, calibration,
+                                        meta={c: "float64" for c in EM_COLUMNS})
         return _collect(parts).sum().to_dict()
 
     return fit_calibration(stats_of, start, config)
