@@ -184,12 +184,23 @@ def cmd_evaluate(args) -> int:
 
     import pandas as pd
 
-    from .evaluate import evaluate
-    from .report import _read_table
+    from .evaluate import breakdown, evaluate, reliability_png
+    from .report import read_table
 
-    scores = evaluate(_read_table(Path(args.result), "assignments"),
-                      pd.read_csv(args.truth, dtype=str))
-    print(json.dumps(scores) if args.json else "  ".join(f"{k}={v}" for k, v in scores.items()))
+    result = read_table(Path(args.result), "assignments")
+    truth = pd.read_csv(args.truth, dtype=str)
+    scores = evaluate(result, truth)
+    parts = breakdown(result, truth)
+    plot = Path(args.plot) if args.plot else Path(args.result) / "reliability.png"
+    reliability_png(result, truth, plot)
+    if args.json:
+        print(json.dumps({**scores, **{k: v.reset_index().to_dict(orient="records")
+                                       for k, v in parts.items()}}))
+        return 0
+    print("  ".join(f"{k}={v}" for k, v in scores.items()))
+    for name, table in parts.items():
+        print(f"\n{name.replace('_', ' ')}:\n{table.to_string()}")
+    print(f"\nreliability diagram: {plot}")
     return 0
 
 
@@ -225,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("result", help="output folder of a run")
     e.add_argument("--truth", required=True, help="truth table (peak_id, compound_id)")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--plot", help="reliability diagram PNG (default RESULT/reliability.png)")
     e.add_argument("-v", "--verbose", action="store_true")
     e.set_defaults(func=cmd_evaluate)
     d = sub.add_parser("demo", help="annotate the shipped demo data and score it")

@@ -16,6 +16,17 @@ def _null(series: pd.Series) -> pd.Series:
     return s.where(s.notna() & (s != ""), None)
 
 
+def _hill(text):
+    from .chem import parse_formula
+
+    if text is None or (isinstance(text, float) and np.isnan(text)) or text is pd.NA:
+        return None
+    try:
+        return parse_formula(str(text)).formula
+    except ValueError:
+        return None
+
+
 def correctness(assignments: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """Per truth peak: whether its compound is in the library, whether the call is right.
 
@@ -24,7 +35,9 @@ def correctness(assignments: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     assignments : pandas.DataFrame
         ``peak_id``, ``compound_id`` (null = not in library), ``prob``.
     truth : pandas.DataFrame
-        ``peak_id``, ``compound_id`` (empty = the peak's compound is not in the library).
+        Compound level: ``peak_id``, ``compound_id`` (empty = the peak's compound is not in the
+        library). Formula level: ``peak_id``, ``formula``, ``in_library`` (a call is right when
+        its compound has that formula; ``assignments`` then needs ``formula``).
 
     Returns
     -------
@@ -32,14 +45,28 @@ def correctness(assignments: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
         ``peak_id``, ``known``, ``correct``, ``prob`` (0 where the peak has no call), in truth
         order.
     """
-    a = assignments[["peak_id", "compound_id", "prob"]].copy()
-    t = truth[["peak_id", "compound_id"]].copy()
+    formula_level = "compound_id" not in truth.columns and {"formula", "in_library"} <= set(
+        truth.columns)
+    cols = ["peak_id", "compound_id", "prob"] + (["formula"] if formula_level else [])
+    a = assignments[cols].copy()
     a["peak_id"] = a["peak_id"].astype("string")
-    t["peak_id"] = t["peak_id"].astype("string")
-    a["compound_id"], t["compound_id"] = _null(a["compound_id"]), _null(t["compound_id"])
-    m = t.merge(a, on="peak_id", how="left", suffixes=("_true", ""))
-    known = m["compound_id_true"].notna().to_numpy()
-    same = (m["compound_id_true"] == m["compound_id"]).fillna(False).to_numpy(dtype=bool)
+    a["compound_id"] = _null(a["compound_id"])
+    if formula_level:
+        # Right when the called compound has the true formula (any isomer counts).
+        t = truth[["peak_id", "formula", "in_library"]].copy()
+        t["peak_id"] = t["peak_id"].astype("string")
+        m = t.merge(a, on="peak_id", how="left", suffixes=("_true", ""))
+        known = m["in_library"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+        same = np.array([_hill(x) is not None and _hill(x) == _hill(y) for x, y in
+                         zip(m["formula_true"], m["formula"], strict=True)], dtype=bool)
+        same &= m["compound_id"].notna().to_numpy()
+    else:
+        t = truth[["peak_id", "compound_id"]].copy()
+        t["peak_id"] = t["peak_id"].astype("string")
+        t["compound_id"] = _null(t["compound_id"])
+        m = t.merge(a, on="peak_id", how="left", suffixes=("_true", ""))
+        known = m["compound_id_true"].notna().to_numpy()
+        same = (m["compound_id_true"] == m["compound_id"]).fillna(False).to_numpy(dtype=bool)
     correct = np.where(known, same, m["compound_id"].isna().to_numpy())
     return pd.DataFrame({"peak_id": m["peak_id"], "known": known, "correct": correct,
                          "prob": m["prob"].fillna(0).clip(0, 1).to_numpy(dtype=np.float64)})
@@ -82,3 +109,66 @@ def evaluate(assignments: pd.DataFrame, truth: pd.DataFrame, n_bins: int = 10) -
     out["ece"] = round(float(ece), 4)
     out["brier"] = round(float(np.mean((p - hit) ** 2)), 4)
     return out
+
+
+#: Upper edges of the m/z ranges of the breakdown.
+MZ_EDGES = (200, 400, 600, 800, np.inf)
+
+
+def breakdown(assignments: pd.DataFrame, truth: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Accuracy and mean probability by true adduct, true isotope and m/z range.
+
+    Parameters
+    ----------
+    assignments : pandas.DataFrame
+        As for :func:`correctness`, with ``mz`` for the m/z ranges.
+    truth : pandas.DataFrame
+        As for :func:`correctness`; ``adduct`` and ``isotope`` columns give those breakdowns.
+
+    Returns
+    -------
+    dict of pandas.DataFrame
+        ``by_adduct``, ``by_isotope``, ``by_mz``: ``n``, ``accuracy``, ``mean_prob`` per group.
+    """
+    c = correctness(assignments, truth).set_index("peak_id")
+    t = truth.assign(peak_id=truth["peak_id"].astype("string")).set_index("peak_id")
+    groups = {}
+    if "adduct" in t:
+        groups["by_adduct"] = t["adduct"].reindex(c.index).fillna("?")
+    if "isotope" in t:
+        groups["by_isotope"] = t["isotope"].reindex(c.index).fillna("M+0").replace("", "M+0")
+    if "mz" in assignments:
+        mz = assignments.assign(peak_id=assignments["peak_id"].astype("string")).set_index(
+            "peak_id")["mz"].reindex(c.index)
+        lows = (0, *MZ_EDGES[:-1])
+        labels = [f"{lo:g}-{hi:g}" if np.isfinite(hi) else f"{lo:g}+"
+                  for lo, hi in zip(lows, MZ_EDGES, strict=True)]
+        idx = np.searchsorted(np.asarray(MZ_EDGES), mz.to_numpy(), side="right")
+        groups["by_mz"] = pd.Series(np.asarray(labels, dtype=object)[np.minimum(idx, 4)],
+                                    index=c.index)
+    out = {}
+    for name, key in groups.items():
+        g = c.assign(group=key.to_numpy()).groupby("group", sort=True)
+        out[name] = pd.DataFrame({"n": g.size(), "accuracy": g["correct"].mean().round(4),
+                                  "mean_prob": g["prob"].mean().round(4)})
+    return out
+
+
+def reliability_png(assignments: pd.DataFrame, truth: pd.DataFrame, path, n_bins: int = 10):
+    """Write the reliability diagram (accuracy against predicted probability) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = correctness(assignments, truth)
+    p, hit = c["prob"].to_numpy(), c["correct"].to_numpy(dtype=float)
+    b = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    rows = [(p[b == k].mean(), hit[b == k].mean()) for k in range(n_bins) if (b == k).any()]
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o")
+    ax.set(xlabel="predicted probability", ylabel="observed accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"Reliability (ECE {evaluate(assignments, truth, n_bins)['ece']})")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)

@@ -30,7 +30,8 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _read_table(folder: Path, name: str) -> pd.DataFrame:
+def read_table(folder: Path, name: str) -> pd.DataFrame:
+    """A table of a result folder, Parquet or CSV."""
     parquet, csv = folder / f"{name}.parquet", folder / f"{name}.csv"
     if parquet.exists():
         return pd.read_parquet(parquet)
@@ -162,7 +163,7 @@ def write_report(result_dir, out=None, truth=None) -> Path:
         The page written.
     """
     folder = Path(result_dir)
-    a = _read_table(folder, "assignments")
+    a = read_table(folder, "assignments")
     manifest = json.loads((folder / "manifest.json").read_text()) \
         if (folder / "manifest.json").exists() else {}
     cal = manifest.get("calibration", {})

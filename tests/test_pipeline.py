@@ -11,6 +11,7 @@ import pytest
 
 from dask_assign.cluster import connect
 from dask_assign.config import AssignConfig
+from dask_assign.evaluate import evaluate
 from dask_assign.pipeline import assign, run
 from tests.conftest import DEMO, SETS, SHARED
 
@@ -98,6 +99,11 @@ def test_shared_sets_with_reference_scorer(local_client, tmp_path, name):
                          capture_output=True, text=True, check=True)
     scores = json.loads(res.stdout)
     print(name, scores)
+    ours = evaluate(pd.read_parquet(tmp_path / "out" / "assignments.parquet"),
+                    pd.read_csv(data / "truth.csv", dtype=str))
+    # Our evaluate agrees with the reference scorer on every number it prints.
+    assert {k: ours[k] for k in scores if k != "level"} == {
+        k: v for k, v in scores.items() if k != "level"}
     assert scores["overall"] >= 0.92
     assert scores["ece"] <= 0.05
     assert scores["n"] == len(pd.read_csv(data / "peaks.csv"))
