@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 # Threads spin-waiting on a small shared VM make torch many times slower.
 export OMP_WAIT_POLICY ?= passive
 
-.PHONY: demo test lint venv browser clean
+.PHONY: demo test lint venv browser clean ipa-env bench-accuracy
 
 $(BIN)/dask-assign: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,18 @@ test: venv browser
 	$(BIN)/ruff check dask_assign tests benchmarks
 	$(BIN)/python -m pytest -q
 
+# The peer IPA (ipaPy2) in its own environment: it needs pandas < 3.
+ipa-env: .venv-ipa/bin/python
+.venv-ipa/bin/python:
+	$(PYTHON) -m venv .venv-ipa
+	.venv-ipa/bin/pip install "ipapy2==1.4.0" "pandas<3"
+
+# Side-by-side accuracy on the shared sets: dask-assign, a nearest-ion rule, IPA.
+bench-accuracy: venv ipa-env
+	$(BIN)/python benchmarks/accuracy.py
+
 lint: venv
 	$(BIN)/ruff check dask_assign tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo-output
+	rm -rf $(VENV) .venv-ipa build *.egg-info demo-output
