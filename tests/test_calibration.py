@@ -104,3 +104,36 @@ def test_annotation_survives_rt_drift(local_client, shift, slope):
                            AssignConfig(max_drift=0), client=local_client)
         with local_client.as_current():
             assert evaluate(no_search.compute(), truth)["overall"] < 0.8
+
+
+def test_calibration_lowers_ece_on_the_demo(local_client):
+    from dask_assign.evaluate import evaluate
+    from dask_assign.pipeline import assign
+    from tests.conftest import DEMO
+
+    truth = pd.read_csv(DEMO / "truth.csv", dtype=str)
+    scores = {}
+    for calibrate in (False, True):
+        result = assign(DEMO / "peaks.csv", DEMO / "library.csv",
+                        AssignConfig(calibrate=calibrate), client=local_client)
+        with local_client.as_current():
+            scores[calibrate] = evaluate(result.compute(), truth)
+    assert scores[True]["ece"] < scores[False]["ece"]
+    assert scores[True]["overall"] > scores[False]["overall"]
+
+
+def test_library_without_rt(local_client, tmp_path):
+    """No library RT: RT is neither a mask nor evidence; mass, adducts and isotopes decide."""
+    from dask_assign.evaluate import evaluate
+    from dask_assign.pipeline import assign
+    from tests.conftest import DEMO
+
+    path = tmp_path / "library_no_rt.csv"
+    pd.read_csv(DEMO / "library.csv").drop(columns=["rt"]).to_csv(path, index=False)
+    result = assign(DEMO / "peaks.csv", path, client=local_client)
+    with local_client.as_current():
+        calls = result.compute()
+    assert calls["rt_error"].isna().all()
+    scores = evaluate(calls, pd.read_csv(DEMO / "truth.csv", dtype=str))
+    print(scores)
+    assert scores["overall"] > 0.6 and scores["ece"] < 0.1
