@@ -62,7 +62,7 @@ class SearchSpace:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # arrays unpickled read-only
             return {k: torch.as_tensor(getattr(self, k), device=device)
-                    for k in ("mz", "rt", "log_adduct_prior", "log_abundance")}
+                    for k in ("mz", "rt", "log_adduct_prior", "log_abundance", "adduct")}
 
 
 def peak_tensors(part, device: str) -> dict:
@@ -110,6 +110,10 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
         Factor on the ppm and RT windows (the refinement searches wider).
     """
     n = peaks["mz"].shape[0]
+    if calibration.log_adduct_priors is not None:  # fitted adduct priors replace the table's
+        fitted = torch.as_tensor(calibration.log_adduct_priors, dtype=torch.float64,
+                                 device=ions["mz"].device)
+        ions = {**ions, "log_adduct_prior": fitted[ions["adduct"]]}
     # The RT window is centred on the library RT mapped to this run (the calibration's map).
     mapped_rt = calibration.rt_intercept + calibration.rt_slope * ions["rt"]
     pi, ii = range_join(peaks["mz"], peaks["rt"], ions["mz"], mapped_rt, space.bins,

@@ -24,8 +24,15 @@ log = logging.getLogger(__name__)
 
 #: Sums over peaks that set the run context (spans, intensity scale).
 SUMMARY_COLUMNS = ("n", "mz_min", "mz_max", "rt_min", "rt_max", "li_n", "li_sum", "li_sq")
-#: Sufficient statistics of one EM step.
+#: Sufficient statistics of one EM step (plus one responsibility sum per adduct).
 EM_COLUMNS = ("n", "w", "we", "wee", "rw", "rx", "ry", "rxx", "rxy", "ryy")
+#: Pseudo-counts pulling fitted adduct priors toward the table's (keeps rare adducts alive).
+ADDUCT_PSEUDO_COUNT = 5.0
+
+
+def em_columns(space: SearchSpace) -> tuple:
+    """The columns of :func:`em_statistics` for this ion table."""
+    return EM_COLUMNS + tuple(f"adduct_{k}" for k in range(len(space.adduct_names)))
 
 
 def peak_summary(part) -> pd.DataFrame:
@@ -203,10 +210,46 @@ def em_statistics(part, space: SearchSpace, config: AssignConfig,
     vals = [float(len(part)), w.sum(), (w * e).sum(), (w * e * e).sum(), rw.sum(),
             (rw * x).sum(), (rw * y).sum(), (rw * x * x).sum(), (rw * x * y).sum(),
             (rw * y * y).sum()]
-    return pd.DataFrame({k: [float(v)] for k, v in zip(EM_COLUMNS, vals, strict=True)})
+    n_adducts = len(space.adduct_names)
+    adduct = torch.as_tensor(space.adduct, device=w.device)[f.ion]
+    vals += torch.zeros(n_adducts, dtype=w.dtype, device=w.device).index_add(
+        0, adduct, w).tolist()
+    return pd.DataFrame({k: [float(v)] for k, v in zip(em_columns(space), vals, strict=True)})
 
 
-def m_step(stats: dict, calibration: Calibration, config: AssignConfig) -> Calibration:
+def adduct_priors(stats: dict, space: SearchSpace, config: AssignConfig):
+    """M-step for the adduct priors, and the prior normaliser that goes with them.
+
+    An adduct's share is proportional to the responsibility its ions collect divided by their
+    summed isotope weights (what the compounds could show of it), with a few pseudo-counts
+    toward the table's priors.
+
+    Returns
+    -------
+    log_priors : tuple of float
+        Log share of each adduct.
+    log_prior_mass : float
+    """
+    p = config.scorer
+    n = len(space.adduct_names)
+    collected = np.array([stats.get(f"adduct_{k}", 0.0) for k in range(n)])
+    table = np.zeros(n)
+    exposure = np.zeros(n)
+    iso = np.exp(p.isotope_weight * space.log_abundance)
+    np.add.at(exposure, space.adduct, iso)
+    np.maximum.at(table, space.adduct, np.exp(space.log_adduct_prior))
+    has = exposure > 0
+    share = np.zeros(n)
+    share[has] = (collected[has] + ADDUCT_PSEUDO_COUNT * table[has] / table[has].sum()) \
+        / exposure[has]
+    share = np.where(has, share / share[has].sum(), 1e-12)
+    log_priors = np.log(np.maximum(share, 1e-12))
+    weights = p.adduct_weight * log_priors[space.adduct] + p.isotope_weight * space.log_abundance
+    return tuple(float(v) for v in log_priors), float(np.log(np.exp(weights).sum()))
+
+
+def m_step(stats: dict, calibration: Calibration, config: AssignConfig,
+           space: SearchSpace | None = None) -> Calibration:
     """Update the calibration from summed EM statistics; keeps defaults where data are thin."""
     c = calibration
     if stats["w"] < 5:
@@ -230,6 +273,9 @@ def m_step(stats: dict, calibration: Calibration, config: AssignConfig) -> Calib
         changes.update(rt_intercept=a, rt_slope=b, rt_sigma=rt_sigma)
     null = 1.0 - stats["w"] / max(stats["n"], 1.0)
     changes["null_prior"] = min(max(null, 0.02), 0.98)
+    if space is not None and len(space.mz):
+        changes["log_adduct_priors"], changes["log_prior_mass"] = adduct_priors(
+            stats, space, config)
     return c.replace(**changes, iterations=c.iterations + 1)
 
 
@@ -243,16 +289,19 @@ def converged(old: Calibration, new: Calibration) -> bool:
             and abs(new.null_prior - old.null_prior) < 1e-3)
 
 
-def fit_calibration(stats_of, start: Calibration, config: AssignConfig) -> Calibration:
+def fit_calibration(stats_of, start: Calibration, config: AssignConfig,
+                    space: SearchSpace | None = None) -> Calibration:
     """Run EM from ``start``.
 
     Parameters
     ----------
     stats_of : callable
-        ``stats_of(calibration) -> dict`` of summed ``EM_COLUMNS`` over all peaks (the caller
-        decides where the E-step runs: a dask cluster, or in-process).
+        ``stats_of(calibration) -> dict`` of summed :func:`em_columns` over all peaks (the
+        caller decides where the E-step runs: a dask cluster, or in-process).
     start : Calibration
     config : AssignConfig
+    space : SearchSpace, optional
+        The ion table, to fit the adduct priors too (kept from the table without it).
 
     Returns
     -------
@@ -260,7 +309,7 @@ def fit_calibration(stats_of, start: Calibration, config: AssignConfig) -> Calib
     """
     c = start
     for _ in range(config.em_iterations):
-        new = m_step(stats_of(c), c, config)
+        new = m_step(stats_of(c), c, config, space)
         log.info("EM %d: mass %+.2f +/- %.2f ppm, RT = %.3f + %.4f x rt_lib +/- %.3f min, "
                  "null prior %.3f", new.iterations, new.mass_offset_ppm, new.mass_sigma_ppm,
                  new.rt_intercept, new.rt_slope, new.rt_sigma, new.null_prior)

@@ -190,6 +190,9 @@ class Calibration:
         log of the summed prior weights of all ions.
     log_intensity_center, log_intensity_scale : float
         Mean and spread of the peaks' log intensities.
+    log_adduct_priors : tuple of float, optional
+        Fitted log prior share of each adduct (by the ion table's adduct index); ``None`` keeps
+        the adduct table's priors.
     iterations : int
         EM iterations run (0: defaults, not fitted).
     """
@@ -205,6 +208,7 @@ class Calibration:
     log_prior_mass: float = 0.0
     log_intensity_center: float = 11.0
     log_intensity_scale: float = 2.0
+    log_adduct_priors: tuple | None = None
     iterations: int = 0
 
     def replace(self, **changes) -> Calibration:
@@ -213,4 +217,15 @@ class Calibration:
 
     def to_dict(self) -> dict:
         """The fields as a plain dict (for logs and the output folder)."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["log_adduct_priors"] is not None:
+            out["log_adduct_priors"] = list(out["log_adduct_priors"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Calibration:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        if data.get("log_adduct_priors") is not None:
+            data["log_adduct_priors"] = tuple(data["log_adduct_priors"])
+        return cls(**data)

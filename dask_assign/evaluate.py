@@ -101,7 +101,9 @@ def evaluate(assignments: pd.DataFrame, truth: pd.DataFrame, n_bins: int = 10) -
 
     out = {"n": int(len(c)), "n_known": int(known.sum()), "known_top1": mean(correct[known]),
            "unknown_null": mean(correct[~known]), "overall": mean(correct)}
-    out["balanced"] = round((out["known_top1"] + out["unknown_null"]) / 2, 4)
+    # From the unrounded shares, as the reference scorer does.
+    out["balanced"] = round(float((correct[known].mean() + correct[~known].mean()) / 2), 4) \
+        if known.any() and (~known).any() else float("nan")
     p, hit = c["prob"].to_numpy(), correct.astype(np.float64)
     bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
     ece = sum((bins == b).mean() * abs(hit[bins == b].mean() - p[bins == b].mean())

@@ -33,12 +33,12 @@ from .annotate import (
 from .calibration import (
     DRIFT_BIN,
     DRIFT_SAMPLE,
-    EM_COLUMNS,
     EM_SAMPLE,
     SUMMARY_COLUMNS,
     VOTE_COLUMNS,
     drift_from_votes,
     drift_votes,
+    em_columns,
     em_statistics,
     fit_calibration,
     peak_summary,
@@ -149,10 +149,10 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig) -> 
 
     def stats_of(calibration):
         parts = em_peaks.map_partitions(em_step, space_key, config, calibration,
-                                        meta={c: "float64" for c in EM_COLUMNS})
+                                        meta={c: "float64" for c in em_columns(space)})
         return _collect(parts).sum().to_dict()
 
-    return fit_calibration(stats_of, start, config)
+    return fit_calibration(stats_of, start, config, space)
 
 
 def _as_ddf(peaks, config: AssignConfig) -> dd.DataFrame:
@@ -319,7 +319,7 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
     saved = staging / "calibration.json"
     with client.as_current() if client is not None else nullcontext():
         if resumed and saved.exists():
-            calibration = Calibration(**json.loads(saved.read_text()))
+            calibration = Calibration.from_dict(json.loads(saved.read_text()))
         else:
             calibration = calibrate(ddf, space, config)
             output.write_json(saved, calibration.to_dict())
