@@ -3,7 +3,8 @@
 Peaks are a dask DataFrame (pandas or cudf partitions); the library is small and becomes one
 :class:`~dask_assign.annotate.SearchSpace` that every task shares (one graph key, so each
 worker receives it once). Task names say what they do, so the dashboard's task stream reads
-as the pipeline: ``read_parquet``, ``summarize_peaks``, ``em_step``, ``score_partition``,
+as the pipeline: ``read_parquet``, ``summarize_peaks``, ``drift_search``, ``em_step``,
+``join_and_score``,
 ``refine_partition``, ``write_partition``.
 """
 
@@ -83,7 +84,7 @@ def em_step(part, space, config, calibration):
     return em_statistics(part, space, config, calibration)
 
 
-def score_partition(part, space, config, calibration):
+def join_and_score(part, space, config, calibration):
     """Task: the candidate join and first-pass scores of one partition."""
     return first_pass(part, space, config, calibration)
 
@@ -276,8 +277,23 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def package_versions() -> dict:
+    """Versions of the packages a result depends on, for the manifest."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("dask-assign", "dask", "distributed", "pandas", "numpy", "pyarrow", "torch",
+                 "molmass", "cudf-cu12", "dask-cuda"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def write_graph(ddf, space, config, calibration, staging, fmt):
-    """One chain of named tasks per partition: ``score_partition`` (join and first pass) ->
+    """One chain of named tasks per partition: ``join_and_score`` (join and first pass) ->
     ``refine_partition`` (second pass) -> ``write_partition``. Partitions that an interrupted
     run finished are not computed again: their saved summaries stand in.
 
@@ -298,7 +314,7 @@ def write_graph(ddf, space, config, calibration, staging, fmt):
             summaries.append(dask.delayed(done))
             resumed += 1
             continue
-        scored = dask.delayed(score_partition)(part, space_key, config, calibration)
+        scored = dask.delayed(join_and_score)(part, space_key, config, calibration)
         refined = dask.delayed(refine_partition)(scored, space_key, config, calibration)
         summaries.append(dask.delayed(output.write_partition)(refined, space_key, str(staging),
                                                               fmt, i))
@@ -351,7 +367,7 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
                     "total": t_end - t0},
     }
     manifest = {
-        "dask_assign_version": __version__, "inputs": inputs,
+        "dask_assign_version": __version__, "versions": package_versions(), "inputs": inputs,
         "config": json.loads(config.to_json()), "calibration": calibration.to_dict(),
         "format": fmt, "summary": summary,
     }

@@ -81,6 +81,7 @@ def test_output_folder_contents(local_client, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["summary"]["peaks"] == summary["peaks"] == len(peaks)
     assert len(manifest["inputs"]["peaks"]["sha256"]) == 64
+    assert {"dask", "distributed", "pandas", "torch", "dask-assign"} <= set(manifest["versions"])
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["iterations"] >= 1
     assert not (tmp_path / "out.partial").exists()
