@@ -4,8 +4,7 @@ Peaks are a dask DataFrame (pandas or cudf partitions); the library is small and
 :class:`~dask_assign.annotate.SearchSpace` that every task shares (one graph key, so each
 worker receives it once). Task names say what they do, so the dashboard's task stream reads
 as the pipeline: ``read_parquet``, ``summarize_peaks``, ``drift_search``, ``em_step``,
-``join_and_score``,
-``refine_partition``, ``write_partition``.
+``join_and_score``, ``refine_partition``, ``write_partition``.
 """
 
 from __future__ import annotations
