@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from . import DEMO_DATA
 from .errors import InputError
 
 log = logging.getLogger("dask_assign")
 
-DEMO_DIR = Path(__file__).parent / "data" / "demo"
 
 
 def _columns(text):
@@ -156,18 +156,18 @@ def cmd_demo(args) -> int:
 
     out = Path(args.out)
     t0 = time.perf_counter()
-    summary = _run(args, DEMO_DIR / "peaks.csv", DEMO_DIR / "library.csv", out)
+    summary = _run(args, DEMO_DATA / "peaks.csv", DEMO_DATA / "library.csv", out)
     print("dask-assign demo: RepoRT 0392 (reversed phase, positive mode; CC BY-SA 4.0)")
     _print_summary(summary, out)
     result = pd.read_parquet(out / "assignments.parquet") if args.format == "parquet" \
         else pd.read_csv(out / "assignments.csv", dtype={"peak_id": str, "compound_id": str})
-    scores = evaluate(result, pd.read_csv(DEMO_DIR / "truth.csv", dtype=str))
+    scores = evaluate(result, pd.read_csv(DEMO_DATA / "truth.csv", dtype=str))
     print("accuracy against the shipped truth:")
     print("  " + "  ".join(f"{k}={v}" for k, v in scores.items()))
     print(f"wall time        {time.perf_counter() - t0:.1f} s (cluster start included)")
     from .report import write_report
 
-    print(f"report           {write_report(out, truth=DEMO_DIR / 'truth.csv')}")
+    print(f"report           {write_report(out, truth=DEMO_DATA / 'truth.csv')}")
     return 0
 
 

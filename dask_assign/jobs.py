@@ -18,7 +18,6 @@ Example (``jobs/demo.yaml``)::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,8 +138,3 @@ def load_job(path, allow=()) -> Job:
                out=_path(spec, "out", source, roots, False), config=config, format=fmt,
                scheduler=spec.get("scheduler"), workers=workers, columns=columns,
                name=spec.get("name"), source=source.resolve())
-
-
-def job_settings(job: Job) -> dict:
-    """The job's full settings, for the manifest."""
-    return dataclasses.asdict(job.config)
