@@ -65,6 +65,19 @@ class SearchSpace:
                     for k in ("mz", "rt", "log_adduct_prior", "log_abundance", "adduct")}
 
 
+def calibrated_ions(space: SearchSpace, calibration: Calibration, device: str) -> dict:
+    """The ion tensors as a run's calibration sees them: the adduct priors it fitted (else the
+    table's), and ``mapped_rt``, the library RT mapped to this run, which the RT window is
+    centred on. Built once per partition stage, shared by its batches."""
+    ions = space.tensors(device)
+    if calibration.log_adduct_priors is not None:
+        fitted = torch.as_tensor(calibration.log_adduct_priors, dtype=torch.float64,
+                                 device=ions["mz"].device)
+        ions["log_adduct_prior"] = fitted[ions["adduct"]]
+    ions["mapped_rt"] = calibration.rt_intercept + calibration.rt_slope * ions["rt"]
+    return ions
+
+
 def peak_tensors(part, device: str) -> dict:
     """``mz``, ``rt``, ``intensity`` of a pandas or cudf partition as float64 tensors."""
     out = {}
@@ -100,7 +113,9 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
 
     Parameters
     ----------
-    peaks, ions : dict of torch.Tensor
+    peaks : dict of torch.Tensor
+    ions : dict of torch.Tensor
+        From :func:`calibrated_ions`.
     space : SearchSpace
     config : AssignConfig
     calibration : Calibration
@@ -110,13 +125,7 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
         Factor on the ppm and RT windows (the refinement searches wider).
     """
     n = peaks["mz"].shape[0]
-    if calibration.log_adduct_priors is not None:  # fitted adduct priors replace the table's
-        fitted = torch.as_tensor(calibration.log_adduct_priors, dtype=torch.float64,
-                                 device=ions["mz"].device)
-        ions = {**ions, "log_adduct_prior": fitted[ions["adduct"]]}
-    # The RT window is centred on the library RT mapped to this run (the calibration's map).
-    mapped_rt = calibration.rt_intercept + calibration.rt_slope * ions["rt"]
-    pi, ii = range_join(peaks["mz"], peaks["rt"], ions["mz"], mapped_rt, space.bins,
+    pi, ii = range_join(peaks["mz"], peaks["rt"], ions["mz"], ions["mapped_rt"], space.bins,
                         config.ppm * widen, config.rt_window * widen)
     feats = pair_features(pi, ii, peaks, ions)
     scorer = get_scorer(config.scorer, calibration, config.device)
@@ -248,7 +257,7 @@ def first_pass(part, space: SearchSpace, config: AssignConfig,
                calibration: Calibration) -> PartitionResult:
     """Join and score a partition with ``k_first`` candidates per peak."""
     peaks = peak_tensors(part, config.device)
-    ions = space.tensors(config.device)
+    ions = calibrated_ions(space, calibration, config.device)
     scored = score_in_batches(peaks, ions, space, config, calibration, config.k_first)
     n = peaks["mz"].shape[0]
     pair, prob = best_calls(scored, n)
@@ -268,8 +277,8 @@ def second_pass(result: PartitionResult, space: SearchSpace, config: AssignConfi
     if redo.numel() == 0:
         return PartitionResult(result.part, peaks, scored, result.pair, result.prob, refined)
     sub = {k: v[redo] for k, v in peaks.items()}
-    second = score_in_batches(sub, space.tensors(config.device), space, config, calibration,
-                              config.k_max, widen=config.refine_widen)
+    second = score_in_batches(sub, calibrated_ions(space, calibration, config.device), space,
+                              config, calibration, config.k_max, widen=config.refine_widen)
     scored = _merge(scored, second, redo)
     pair, prob = best_calls(scored, peaks["mz"].shape[0])
     return PartitionResult(result.part, peaks, scored, pair, prob, refined)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .annotate import SearchSpace, peak_tensors, score_in_batches
+from .annotate import SearchSpace, calibrated_ions, peak_tensors, score_in_batches
 from .candidates import batches_by_pairs, range_join, window_bounds
 from .config import AssignConfig, Calibration
 from .errors import InputError
@@ -75,6 +75,14 @@ def check_rt_units(peak_rt_max: float, library_rt: np.ndarray):
             "--library-rt-unit for the library)", column="rt")
 
 
+def prior_normaliser(space: SearchSpace, params, log_adduct_prior: np.ndarray) -> float:
+    """log of the summed prior weights of all ions (``log_adduct_prior`` given per ion)."""
+    if space.mz.size == 0:
+        return 0.0
+    weights = params.adduct_weight * log_adduct_prior + params.isotope_weight * space.log_abundance
+    return float(np.logaddexp.reduce(weights))
+
+
 def run_context(summary: pd.DataFrame, space: SearchSpace, config: AssignConfig) -> Calibration:
     """The default calibration of a run, from the combined peak summary and the ion table."""
     s = {
@@ -89,8 +97,7 @@ def run_context(summary: pd.DataFrame, space: SearchSpace, config: AssignConfig)
     mz_span_ppm = max(math.log(max(s["mz_max"], 1.0) / max(s["mz_min"], 1.0)) * 1e6,
                       100 * config.ppm)
     rt_span = max(s["rt_max"] - s["rt_min"], 10 * config.rt_window, 1.0)
-    weights = p.adduct_weight * space.log_adduct_prior + p.isotope_weight * space.log_abundance
-    log_prior_mass = float(np.log(np.exp(weights).sum())) if weights.size else 0.0
+    log_prior_mass = prior_normaliser(space, p, space.log_adduct_prior)
     if s["li_n"] >= 2:
         center = s["li_sum"] / s["li_n"]
         scale = math.sqrt(max(s["li_sq"] / s["li_n"] - center * center, 1e-6))
@@ -111,6 +118,11 @@ DRIFT_BIN = 0.05
 #: Peaks the drift search looks at, at most (a deterministic sample by peak id).
 DRIFT_SAMPLE = 50_000
 VOTE_COLUMNS = {"slope": "int64", "shift": "int64", "w": "float64"}
+
+
+def _shift_bins(config: AssignConfig) -> int:
+    """Shift bins of the drift search: ``DRIFT_BIN`` wide over +/- ``max_drift``."""
+    return int(round(2 * config.max_drift / DRIFT_BIN))
 
 
 def sampled(part, fraction: float) -> np.ndarray:
@@ -140,7 +152,7 @@ def drift_votes(part, space: SearchSpace, config: AssignConfig, fraction: float)
     peaks = peak_tensors(part, config.device)
     peaks = {k: v[torch.as_tensor(keep, device=v.device)] for k, v in peaks.items()}
     ions = space.tensors(config.device)
-    n_bins = int(round(2 * config.max_drift / DRIFT_BIN))
+    n_bins = _shift_bins(config)
     total = torch.zeros(len(DRIFT_SLOPES) * n_bins, dtype=torch.float64)
     lo, hi = window_bounds(peaks["mz"], space.bins)
     for a, b in batches_by_pairs(lo, hi, config.max_pairs):
@@ -157,8 +169,7 @@ def drift_votes(part, space: SearchSpace, config: AssignConfig, fraction: float)
         bins = torch.floor((shift + config.max_drift) / DRIFT_BIN).to(torch.int64)
         ok = (bins >= 0) & (bins < n_bins)
         flat = (torch.arange(len(DRIFT_SLOPES), device=pi.device)[:, None] * n_bins + bins)[ok]
-        total += torch.zeros_like(total).index_add(
-            0, flat.cpu(), weight.expand(len(DRIFT_SLOPES), -1)[ok].cpu())
+        total.index_add_(0, flat.cpu(), weight.expand(len(DRIFT_SLOPES), -1)[ok].cpu())
     nz = torch.nonzero(total).flatten()
     return pd.DataFrame({"slope": (nz // n_bins).numpy(), "shift": (nz % n_bins).numpy(),
                          "w": total[nz].numpy()}).astype(VOTE_COLUMNS)
@@ -169,7 +180,7 @@ def drift_from_votes(votes: pd.DataFrame, config: AssignConfig) -> tuple[float, 
     three), or None when there are too few votes to trust."""
     if votes["w"].sum() < 10:
         return None
-    n_bins = int(round(2 * config.max_drift / DRIFT_BIN))
+    n_bins = _shift_bins(config)
     grid = np.zeros((len(DRIFT_SLOPES), n_bins))
     np.add.at(grid, (votes["slope"].to_numpy(), votes["shift"].to_numpy()), votes["w"])
     smooth = grid + np.roll(grid, 1, axis=1) + np.roll(grid, -1, axis=1)
@@ -199,8 +210,8 @@ def em_statistics(part, space: SearchSpace, config: AssignConfig,
         One row with ``EM_COLUMNS``.
     """
     peaks = peak_tensors(part, config.device)
-    scored = score_in_batches(peaks, space.tensors(config.device), space, config, calibration,
-                              config.k_first)
+    scored = score_in_batches(peaks, calibrated_ions(space, calibration, config.device), space,
+                              config, calibration, config.k_first)
     f = scored.features
     # Undo the unlisted-isomer share: the M-step fits the mixture itself.
     w = (scored.prob / (1 - config.scorer.unlisted_prior)).nan_to_num(0.0)
@@ -244,8 +255,8 @@ def adduct_priors(stats: dict, space: SearchSpace, config: AssignConfig):
         / exposure[has]
     share = np.where(has, share / share[has].sum(), 1e-12)
     log_priors = np.log(np.maximum(share, 1e-12))
-    weights = p.adduct_weight * log_priors[space.adduct] + p.isotope_weight * space.log_abundance
-    return tuple(float(v) for v in log_priors), float(np.log(np.exp(weights).sum()))
+    return (tuple(float(v) for v in log_priors),
+            prior_normaliser(space, p, log_priors[space.adduct]))
 
 
 def m_step(stats: dict, calibration: Calibration, config: AssignConfig,

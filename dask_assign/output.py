@@ -160,18 +160,26 @@ def combine_parts(staging: Path, fmt: str):
         target = staging / f"{name}.{fmt}"
         if fmt == "parquet":
             schema = arrow_schema(dtypes)
-            with pq.ParquetWriter(target, schema) as writer:
-                for p in parts:  # one partition in memory at a time
-                    writer.write_table(pq.read_table(p, schema=schema))
+
+            def write(path, parts=parts, schema=schema):
+                with pq.ParquetWriter(path, schema) as writer:
+                    for p in parts:  # one partition in memory at a time
+                        writer.write_table(pq.read_table(p, schema=schema))
         else:
-            with open(target, "wb") as dst:
-                for k, p in enumerate(parts):
-                    with open(p, "rb") as src:
-                        if k:
-                            src.readline()  # the header once
-                        shutil.copyfileobj(src, dst)
+
+            def write(path, parts=parts):
+                with open(path, "wb") as dst:
+                    for k, p in enumerate(parts):
+                        with open(p, "rb") as src:
+                            if k:
+                                src.readline()  # the header once
+                            shutil.copyfileobj(src, dst)
+
+        _atomic(write, target)
+    # Partition files go only once both tables are whole: a run killed before this point
+    # still resumes from them.
+    for name in ("assignments", "candidates", "parts"):
         shutil.rmtree(staging / name)
-    shutil.rmtree(staging / "parts")
     (staging / "fingerprint.json").unlink()
 
 

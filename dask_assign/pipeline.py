@@ -197,10 +197,7 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     ddf = _as_ddf(peaks, config)
     space = prepare_library(library, config)
     if calibration is None:
-        if client is not None:
-            with client.as_current():
-                calibration = calibrate(ddf, space, config)
-        else:
+        with client.as_current() if client is not None else nullcontext():
             calibration = calibrate(ddf, space, config)
     return ddf.map_partitions(assign_partition, dask.delayed(space, pure=True), config,
                               calibration, meta=dict(ASSIGNMENT_DTYPES))
