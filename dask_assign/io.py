@@ -214,7 +214,7 @@ class _PeakStream:
     def __init__(self, path, columns=None, batch_rows: int = 500_000):
         self.path, self.source = Path(path), str(path)
         self.explicit, self.batch_rows = columns, batch_rows
-        self.rt_max, self.rt_column, self.n = -np.inf, None, 0
+        self.rt_max, self.rt_column = -np.inf, None
         self.hashes, self.unit = [], "rows"
         self.n_high_mz = 0
 
@@ -253,7 +253,8 @@ class _PeakStream:
             except pa.ArrowInvalid as err:
                 raise InputError(self.source, f"cannot parse: {err}") from None
             self.unit = "lines"
-        self._check_names(names)
+        if self.unit == "rows":  # text headers were checked before the reader opened
+            self._check_names(names)
         self.names = [str(n).strip() for n in names]
         return batches
 
@@ -283,7 +284,6 @@ class _PeakStream:
             if cols is None and self.unit == "rows":
                 raise InputError(self.source, "the peak file is empty")
             raise InputError(self.source, "the peak file has a header but no rows")
-        self.n = offset
         if self.n_high_mz:
             log.warning("%s: %d peaks above m/z %g, beyond small-molecule libraries; they are "
                         "kept and can only be called 'not in library'", self.source,
@@ -304,12 +304,8 @@ class _PeakStream:
         else:
             inten = np.full(len(frame), np.nan)
         if "peak_id" in cols:
-            ids = frame[cols["peak_id"]].astype("string").str.strip()
-            _check(ids.isna().to_numpy(), frame, cols["peak_id"], ids.to_numpy(),
-                   "missing peak id", source, unit)
-            dup = ids.duplicated(keep=False).to_numpy()
-            _check(dup, frame, cols["peak_id"], ids.to_numpy(dtype=object), "duplicate peak id",
-                   source, unit)
+            # Within the chunk here; across chunks by hash in check_unique.
+            ids = _ids(frame, cols["peak_id"], source, unit, "peak id")
         else:
             ids = pd.Series((np.arange(len(frame)) + offset + 1).astype(str), dtype="string")
         self.hashes.append(pd.util.hash_array(ids.to_numpy(dtype=object)))
