@@ -37,6 +37,9 @@ class SearchSpace:
     isotope: np.ndarray
     compounds: pd.DataFrame
     adduct_names: tuple
+    adduct_ions: np.ndarray
+    n_carbon: np.ndarray
+    carbon_per_mass: float
 
     @classmethod
     def build(cls, table: IonTable, max_ppm: float) -> SearchSpace:
@@ -55,6 +58,8 @@ class SearchSpace:
             compound=col("compound", np.int64), adduct=col("adduct", np.int64),
             isotope=col("isotope", np.int64),
             compounds=table.compounds, adduct_names=tuple(table.adduct_names),
+            adduct_ions=table.adduct_ions, n_carbon=table.n_carbon,
+            carbon_per_mass=table.carbon_per_mass,
         )
 
     def tensors(self, device: str) -> dict:
@@ -96,7 +101,10 @@ class ScoredPairs:
     """Candidate pairs of a set of peaks, scored.
 
     ``features`` are ordered by peak, best first; ``rank`` numbers them within each peak;
-    ``prob`` and ``p_null`` follow the overflow policy (NaN for a flagged peak).
+    ``prob`` and ``p_null`` follow the overflow policy (NaN for a flagged peak). ``logit`` is
+    each kept pair's logit against the null slot, and ``log_rest`` the log of the summed
+    weight of candidates scored but not kept (``-inf`` unless ``overflow="rounds"``), so the
+    context pass can re-weigh the same hypotheses.
     """
 
     features: PairFeatures
@@ -105,6 +113,8 @@ class ScoredPairs:
     p_null: torch.Tensor
     n_candidates: torch.Tensor
     overflow: torch.Tensor
+    logit: torch.Tensor
+    log_rest: torch.Tensor
 
 
 def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfig,
@@ -140,10 +150,13 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
         log_z = logsumexp_rounds(logits, feats.peak, n, torch.div(rank, k, rounding_mode="floor"))
         prob_all = torch.exp(logits - log_z[feats.peak])
         p_null = torch.exp(-log_z)
-        feats, prob, rank = feats.take(keep), prob_all[keep], rank[keep]
+        dropped = torch.zeros_like(p_null).index_add(0, feats.peak[~keep], prob_all[~keep])
+        log_rest = torch.log(dropped) + log_z
+        feats, prob, rank, logits = feats.take(keep), prob_all[keep], rank[keep], logits[keep]
     else:
         feats, logits, rank = feats.take(keep), logits[keep], rank[keep]
         prob, p_null = segment_softmax(logits, feats.peak, n)
+        log_rest = torch.full_like(p_null, float("-inf"))
         if config.overflow == "flag":
             # No call for a peak whose candidates were cut: it is left for review.
             nan = torch.tensor(float("nan"), dtype=prob.dtype, device=prob.device)
@@ -153,7 +166,7 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
     kappa = config.scorer.unlisted_prior
     prob = prob * (1 - kappa)
     p_null = p_null + kappa * (1 - p_null)
-    return ScoredPairs(feats, rank, prob, p_null, n_cand, overflow)
+    return ScoredPairs(feats, rank, prob, p_null, n_cand, overflow, logits, log_rest)
 
 
 #: Columns and dtypes of the assignments table (one row per peak).
@@ -161,7 +174,8 @@ ASSIGNMENT_DTYPES = {
     "peak_id": "string", "compound_id": "string", "name": "string", "formula": "string",
     "adduct": "string", "isotope": "string", "prob": "float64", "p_null": "float64",
     "ppm_error": "float64", "rt_error": "float64", "n_candidates": "int64", "overflow": "bool",
-    "refined": "bool", "mz": "float64", "rt": "float64",
+    "refined": "bool", "n_partners": "int64", "context_changed": "bool", "mz": "float64",
+    "rt": "float64",
 }
 #: Columns and dtypes of the candidates table (one row per kept candidate).
 CANDIDATE_DTYPES = {
@@ -180,14 +194,14 @@ def _merge(first: ScoredPairs, second: ScoredPairs, redo: torch.Tensor) -> Score
     f2 = PairFeatures(**{**f2.__dict__, "peak": redo[f2.peak]})
     feats = PairFeatures(**{k: torch.cat([getattr(first.features, k)[keep], getattr(f2, k)])
                             for k in f2.__dict__})
-    rank = torch.cat([first.rank[keep], second.rank])
-    prob = torch.cat([first.prob[keep], second.prob])
+    pairs = {k: torch.cat([getattr(first, k)[keep], getattr(second, k)])
+             for k in ("rank", "prob", "logit")}
     order = torch.sort(feats.peak, stable=True).indices  # back to peak order, ranks kept
-    p_null, n_cand, overflow = first.p_null.clone(), first.n_candidates.clone(), \
-        first.overflow.clone()
-    p_null[redo], n_cand[redo], overflow[redo] = second.p_null, second.n_candidates, \
-        second.overflow
-    return ScoredPairs(feats.take(order), rank[order], prob[order], p_null, n_cand, overflow)
+    peaks = {}
+    for k in ("p_null", "n_candidates", "overflow", "log_rest"):
+        peaks[k] = getattr(first, k).clone()
+        peaks[k][redo] = getattr(second, k)
+    return ScoredPairs(feats.take(order), **{k: v[order] for k, v in pairs.items()}, **peaks)
 
 
 def best_calls(scored: ScoredPairs, n: int):
@@ -227,7 +241,7 @@ def _concat(parts: list[ScoredPairs]) -> ScoredPairs:
                                for k in feats[0].__dict__})
     return ScoredPairs(features, *(torch.cat([getattr(p, k) for p in parts])
                                    for k in ("rank", "prob", "p_null", "n_candidates",
-                                             "overflow")))
+                                             "overflow", "logit", "log_rest")))
 
 
 def score_in_batches(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfig,
@@ -243,7 +257,8 @@ def score_in_batches(peaks: dict, ions: dict, space: SearchSpace, config: Assign
 @dataclass
 class PartitionResult:
     """One partition between the pipeline's stages: its peaks, their scored candidates and
-    calls (see :func:`best_calls`), and which peaks the second pass refined."""
+    calls (see :func:`best_calls`), which peaks the second pass refined, and what the context
+    pass found (co-eluting partners of each peak; whether it changed the call)."""
 
     part: object
     peaks: dict
@@ -251,6 +266,8 @@ class PartitionResult:
     pair: torch.Tensor
     prob: torch.Tensor
     refined: torch.Tensor
+    n_partners: torch.Tensor | None = None
+    changed: torch.Tensor | None = None
 
 
 def first_pass(part, space: SearchSpace, config: AssignConfig,
@@ -348,6 +365,10 @@ def to_tables(result: PartitionResult, space: SearchSpace):
         "n_candidates": scored.n_candidates.cpu().numpy().astype(np.int64),
         "overflow": scored.overflow.cpu().numpy(),
         "refined": refined.cpu().numpy(),
+        "n_partners": (np.zeros(n, dtype=np.int64) if result.n_partners is None
+                       else result.n_partners.cpu().numpy().astype(np.int64)),
+        "context_changed": (np.zeros(n, dtype=bool) if result.changed is None
+                            else result.changed.cpu().numpy()),
         "mz": result.peaks["mz"].cpu().numpy(), "rt": result.peaks["rt"].cpu().numpy(),
     })
     candidates = pd.DataFrame({

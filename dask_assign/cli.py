@@ -40,6 +40,12 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--overflow", choices=["prefilter", "rounds", "flag"], default="prefilter")
     p.add_argument("--no-calibrate", action="store_true",
                    help="use the default error models instead of fitting them (EM)")
+    p.add_argument("--no-context", action="store_true",
+                   help="skip the context pass (evidence from co-eluting isotope and adduct "
+                   "peaks)")
+    p.add_argument("--max-coelution", type=float, default=0.1,
+                   help="widest RT difference (min) between ions of one molecule that the "
+                   "context pass considers; the tolerance is fitted below it (default 0.1)")
     p.add_argument("--columns", type=_columns, help="peak columns, e.g. mz=MZ,rt=RT,peak_id=ID")
     p.add_argument("--partition-size", type=int, default=250_000, help="peaks per partition")
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
@@ -67,6 +73,7 @@ def _config(args):
         rt_window=args.rt_window, rt_unit=args.rt_unit, library_rt_unit=args.library_rt_unit,
         k_first=min(20, args.k_max), k_max=args.k_max, overflow=args.overflow,
         calibrate=not args.no_calibrate, partition_size=args.partition_size,
+        context=not args.no_context, max_coelution=args.max_coelution,
     )
 
 

@@ -110,6 +110,21 @@ class AssignConfig:
         task whatever the crowding of the m/z range.
     device : str
         Torch device of the scoring kernels (``cpu`` or ``cuda``).
+    context : bool
+        Run the context pass: re-weigh every peak's candidates by its co-eluting isotope and
+        adduct partners (:mod:`dask_assign.context`).
+    max_coelution : float
+        Widest RT difference (minutes) between ions of one molecule that the context pass
+        considers; the tolerance itself is fitted below it. Peaks are processed in RT blocks
+        with a halo this wide, so results do not depend on the blocks.
+    context_weight : float
+        Weight of the context evidence (1: as the model states it; 0: none).
+    context_noise_share : float
+        Share of the null hypothesis that is noise (no molecule, so no partners) rather than a
+        molecule missing from the library.
+    isotope_ratio_sigma : float
+        Spread (natural log) of an isotope peak's intensity around the ratio its formula
+        predicts.
     """
 
     mode: str = "positive"
@@ -132,6 +147,11 @@ class AssignConfig:
     partition_size: int = 250_000
     max_pairs: int = 4_000_000
     device: str = "cpu"
+    context: bool = True
+    max_coelution: float = 0.1
+    context_weight: float = 1.0
+    context_noise_share: float = 0.5
+    isotope_ratio_sigma: float = 0.15
 
     def __post_init__(self):
         if self.mode not in ("positive", "negative"):
@@ -154,6 +174,12 @@ class AssignConfig:
             raise ValueError("max_pairs and partition_size must be positive")
         if self.refine_widen < 1:
             raise ValueError("refine_widen must be >= 1")
+        if not self.max_coelution > 0:
+            raise ValueError(f"max_coelution must be positive, not {self.max_coelution!r}")
+        if not 0 < self.context_noise_share < 1:
+            raise ValueError("context_noise_share must lie strictly between 0 and 1")
+        if not self.isotope_ratio_sigma > 0 or self.context_weight < 0:
+            raise ValueError("need isotope_ratio_sigma > 0 and context_weight >= 0")
         if self.adducts is not None:
             object.__setattr__(self, "adducts", tuple(self.adducts))
 

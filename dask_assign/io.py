@@ -269,7 +269,8 @@ class _PeakStream:
         offset = 0
         try:
             for batch in batches:
-                frame = batch.to_pandas()
+                # Metadata would turn a saved pandas index into the index: keep it a column.
+                frame = batch.to_pandas(ignore_metadata=True)
                 frame.columns = self.names
                 if cols is None:
                     cols = _resolve_columns(frame, PEAK_ALIASES, self.explicit, ("mz", "rt"),

@@ -32,11 +32,21 @@ class IonTable:
     compounds : pandas.DataFrame
         ``compound_id``, ``name``, ``formula`` of the library, in library order.
     adduct_names : tuple of str
+    adduct_ions : numpy.ndarray
+        ``(mult, |charge|, delta)`` of each adduct, so that ``mz = (mult * M + delta) / |charge|``.
+    n_carbon : numpy.ndarray
+        Carbon atoms of each compound (NaN where the library has no formula).
+    carbon_per_mass : float
+        Carbon atoms per dalton over the library: the typical carbon count of an unknown
+        molecule of a given mass.
     """
 
     ions: pd.DataFrame
     compounds: pd.DataFrame
     adduct_names: tuple
+    adduct_ions: np.ndarray | None = None
+    n_carbon: np.ndarray | None = None
+    carbon_per_mass: float = 0.05
 
     def __len__(self) -> int:
         return len(self.ions)
@@ -92,6 +102,7 @@ def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 2) -> IonTable
     """
     adducts = list(adducts)
     names = [a.name for a in adducts]
+    adduct_ions = [(a.mult, abs(a.charge), a.delta_mass) for a in adducts]
     positive = adducts[0].charge > 0
     mass = library["monoisotopic_mass"].to_numpy(dtype=np.float64)
     n_carbon = library["n_C"].to_numpy()
@@ -110,6 +121,8 @@ def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 2) -> IonTable
         intrinsic = "[M]+" if positive else "[M]-"
         if intrinsic not in names:
             names.append(intrinsic)
+            # Relations treat it as singly charged; multiply charged ones are rare.
+            adduct_ions.append((1, 1, -ELECTRON_MASS if positive else ELECTRON_MASS))
         z = np.abs(charge[permanent])
         mz = (mass[permanent] - charge[permanent] * ELECTRON_MASS) / z
         idx = np.flatnonzero(permanent)
@@ -136,4 +149,9 @@ def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 2) -> IonTable
     ions = ions.sort_values(["mz", "compound", "adduct", "isotope"], kind="stable",
                             ignore_index=True)
     compounds = library[["compound_id", "name", "formula"]].reset_index(drop=True)
-    return IonTable(ions=ions, compounds=compounds, adduct_names=tuple(names))
+    carbon = np.where(has_formula, n_carbon, np.nan).astype(np.float64)
+    known = has_formula & np.isfinite(mass) & (mass > 0)
+    per_mass = float(carbon[known].sum() / mass[known].sum()) if known.any() else 0.05
+    return IonTable(ions=ions, compounds=compounds, adduct_names=tuple(names),
+                    adduct_ions=np.asarray(adduct_ions, dtype=np.float64).reshape(-1, 3),
+                    n_carbon=carbon, carbon_per_mass=per_mass)

@@ -88,6 +88,7 @@ def _partition_summary(i, assignments, candidates) -> pd.DataFrame:
         "partition": [i], "peaks": [len(assignments)], "assigned": [int(called.sum())],
         "prob_sum": [float(assignments["prob"].sum(skipna=True))],
         "refined": [int(assignments["refined"].sum())],
+        "context_changed": [int(assignments["context_changed"].sum())],
         "overflow": [int(assignments["overflow"].sum())],
         "candidates": [len(candidates)],
         "n_cand_p99": [float(assignments["n_candidates"].quantile(0.99))
@@ -96,7 +97,8 @@ def _partition_summary(i, assignments, candidates) -> pd.DataFrame:
 
 
 WRITE_SUMMARY_META = {"partition": "int64", "peaks": "int64", "assigned": "int64",
-                      "prob_sum": "float64", "refined": "int64", "overflow": "int64",
+                      "prob_sum": "float64", "refined": "int64", "context_changed": "int64",
+                      "overflow": "int64",
                       "candidates": "int64", "n_cand_p99": "float64"}
 
 

@@ -1,10 +1,15 @@
-"""The dask graph: read -> summarise -> calibrate (EM) -> score -> refine -> write.
+"""The dask graph: read -> summarise -> calibrate (EM) -> RT blocks -> score -> refine ->
+context -> write.
 
 Peaks are a dask DataFrame (pandas or cudf partitions); the library is small and becomes one
 :class:`~dask_assign.annotate.SearchSpace` that every task shares (one graph key, so each
-worker receives it once). Task names say what they do, so the dashboard's task stream reads
-as the pipeline: ``read_parquet``, ``summarize_peaks``, ``drift_search``, ``em_step``,
-``join_and_score``, ``refine_partition``, ``write_partition``.
+worker receives it once). After calibration the peaks are regrouped into blocks of retention
+time, each with a halo of its neighbours ``max_coelution`` wide, so that the context pass sees
+every co-eluting partner of its peaks: results do not depend on the number of blocks. Task
+names say what they do, so the dashboard's task stream reads as the pipeline:
+``read_parquet``, ``summarize_peaks``, ``drift_search``, ``em_step``, ``rt_sketch``,
+``split_by_rt``, ``rt_block``, ``context_stats``, ``join_and_score``, ``refine_partition``,
+``add_context``, ``write_partition``.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from .annotate import (
     ASSIGNMENT_DTYPES,
     CANDIDATE_DTYPES,
     SearchSpace,
-    annotate_partition,
     first_pass,
     second_pass,
+    to_tables,
 )
 from .calibration import (
     DRIFT_BIN,
@@ -46,6 +51,7 @@ from .calibration import (
     sampled,
 )
 from .config import AssignConfig, Calibration
+from .context import ContextModel, apply_context, context_stats, fit_context
 from .io import read_library, read_peaks
 from .ions import build_ions
 
@@ -83,26 +89,123 @@ def em_step(part, space, config, calibration):
     return em_statistics(part, space, config, calibration)
 
 
-def join_and_score(part, space, config, calibration):
-    """Task: the candidate join and first-pass scores of one partition."""
-    return first_pass(part, space, config, calibration)
+#: RT values per partition in the sketch that places the block edges.
+EDGE_SAMPLE = 2000
+
+
+def rt_sketch(part) -> pd.DataFrame:
+    """Task: evenly spaced order statistics of a partition's RTs, each weighing the peaks it
+    stands for."""
+    rt = np.sort(part["rt"].to_numpy(dtype=np.float64))
+    if rt.size > EDGE_SAMPLE:
+        rt = rt[np.linspace(0, rt.size - 1, EDGE_SAMPLE).round().astype(np.int64)]
+    return pd.DataFrame({"rt": rt, "w": np.full(rt.size, len(part) / max(rt.size, 1))})
+
+
+def block_edges(ddf: dd.DataFrame, n_blocks: int) -> np.ndarray:
+    """Inner RT edges of about ``n_blocks`` blocks of equal peak counts (fewer where RTs tie)."""
+    if n_blocks <= 1:
+        return np.empty(0)
+    sketch = _collect(ddf.map_partitions(rt_sketch, meta={"rt": "float64", "w": "float64"}))
+    sketch = sketch.sort_values("rt", kind="stable")
+    cum = sketch["w"].cumsum().to_numpy()
+    if cum.size == 0:
+        return np.empty(0)
+    at = np.searchsorted(cum, cum[-1] * np.arange(1, n_blocks) / n_blocks)
+    edges = np.unique(sketch["rt"].to_numpy()[np.minimum(at, cum.size - 1)])
+    return edges[edges > sketch["rt"].iloc[0]]
+
+
+def split_by_rt(part, edges: np.ndarray, halo: float):
+    """Task: the rows of a partition for each RT block, halo included (a row near an edge
+    goes to both blocks)."""
+    rt = part["rt"].to_numpy(dtype=np.float64)
+    lo = np.r_[-np.inf, edges] - halo
+    hi = np.r_[edges, np.inf] + halo
+    return tuple(part[(rt >= a) & (rt < b)] for a, b in zip(lo, hi, strict=True))
+
+
+def rt_block(pieces, edges: np.ndarray, k: int):
+    """Task: block ``k``: its pieces from every partition, in one canonical order (RT, m/z,
+    peak id), with ``core`` marking the peaks that belong to it (not to its halo)."""
+    if hasattr(pieces[0], "to_pandas"):
+        import cudf
+
+        block = cudf.concat(list(pieces), ignore_index=True)
+    else:
+        block = pd.concat(list(pieces), ignore_index=True)
+    block = block.sort_values(["rt", "mz", "peak_id"], kind="stable", ignore_index=True) \
+        if len(block) else block
+    rt = block["rt"].to_numpy(dtype=np.float64)
+    lo = -np.inf if k == 0 else edges[k - 1]
+    hi = np.inf if k == len(edges) else edges[k]
+    block["core"] = (rt >= lo) & (rt < hi)
+    return block
+
+
+def rt_blocks(ddf: dd.DataFrame, config: AssignConfig) -> list:
+    """The peaks regrouped into RT blocks (delayed frames), as many as ``ddf`` has partitions.
+
+    Each block carries a halo ``max_coelution`` wide on both sides, so every peak within that
+    RT distance of a block's own peaks is in the block.
+    """
+    edges = block_edges(ddf, ddf.npartitions)
+    halo = config.max_coelution * 1.001  # a hair wider: RT comparisons round
+    n_blocks = edges.size + 1
+    parts = ddf.to_delayed()
+    splits = [dask.delayed(split_by_rt, nout=n_blocks)(p, edges, halo) for p in parts]
+    return [dask.delayed(rt_block)([sp[k] for sp in splits], edges, k) for k in range(n_blocks)]
+
+
+def context_model(blocks: list, config: AssignConfig,
+                  calibration: Calibration) -> ContextModel | None:
+    """Fit the context pass's model on every block (co-elution spread, accident rate,
+    detection limit); ``None`` when ``config.context`` is off."""
+    if not config.context:
+        return None
+    stats = [dask.delayed(context_stats)(b, config, calibration) for b in blocks]
+    parts = dask.compute(*stats)
+    model = fit_context(pd.concat(parts, ignore_index=True), config, calibration)
+    log.info("context: co-elution tolerance %.4f min (from %.0f 13C pairs), partner window "
+             "%.1f ppm", model.rt_tol, model.isotope_pairs, model.ppm)
+    return model
+
+
+def join_and_score(block, space, config, calibration):
+    """Task: the candidate join and first-pass scores of the own peaks of a block."""
+    core = block[block["core"]].drop(columns="core") if "core" in block.columns else block
+    return first_pass(core.reset_index(drop=True), space, config, calibration)
 
 
 def refine_partition(result, space, config, calibration):
-    """Task: the second pass over the low-confidence peaks of one partition."""
+    """Task: the second pass over the low-confidence peaks of one block."""
     return second_pass(result, space, config, calibration)
 
 
-def assign_partition(part, space, config, calibration):
-    """Task: join, score and refine one partition -> its assignments (for :func:`assign`)."""
-    assignments, _ = annotate_partition(part, space, config, calibration)
-    return _to_backend_of(part, assignments)
+def add_context(result, block, space, config, calibration, model):
+    """Task: the context pass of one block (its own peaks; the halo only as partners)."""
+    if model is None:
+        return result
+    core_rows = np.flatnonzero(block["core"].to_numpy(dtype=bool))
+    return apply_context(result, block, core_rows, space, config, calibration, model)
 
 
-def candidates_partition(part, space, config, calibration):
-    """Task: as :func:`assign_partition`, the long candidates table."""
-    _, candidates = annotate_partition(part, space, config, calibration)
-    return _to_backend_of(part, candidates)
+def annotated_blocks(blocks: list, space, config, calibration, model) -> list:
+    """One delayed :class:`~dask_assign.annotate.PartitionResult` per block."""
+    space_key = dask.delayed(space, pure=True)
+    out = []
+    for block in blocks:
+        scored = dask.delayed(join_and_score)(block, space_key, config, calibration)
+        refined = dask.delayed(refine_partition)(scored, space_key, config, calibration)
+        out.append(dask.delayed(add_context)(refined, block, space_key, config, calibration,
+                                             model))
+    return out
+
+
+def block_table(result, space, which: int):
+    """Task: the assignments (``which=0``) or candidates (``1``) table of an annotated block,
+    in the backend of its peaks."""
+    return _to_backend_of(result.part, to_tables(result, space)[which])
 
 
 def _to_backend_of(part, frame: pd.DataFrame):
@@ -185,8 +288,9 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     Returns
     -------
     dask.dataframe.DataFrame
-        Lazy; one row per peak with the columns of ``ASSIGNMENT_DTYPES``. Calibration (if on)
-        has already run, since the scores depend on it.
+        Lazy; one row per peak with the columns of ``ASSIGNMENT_DTYPES``, one partition per RT
+        block, rows in RT order. Calibration and the context model (if on) have already been
+        fitted, since the scores depend on them.
 
     Notes
     -----
@@ -196,20 +300,34 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     config = config or AssignConfig()
     ddf = _as_ddf(peaks, config)
     space = prepare_library(library, config)
-    if calibration is None:
-        with client.as_current() if client is not None else nullcontext():
+    with client.as_current() if client is not None else nullcontext():
+        if calibration is None:
             calibration = calibrate(ddf, space, config)
-    return ddf.map_partitions(assign_partition, dask.delayed(space, pure=True), config,
-                              calibration, meta=dict(ASSIGNMENT_DTYPES))
+        blocks = rt_blocks(ddf, config)
+        model = context_model(blocks, config, calibration)
+    return _table(annotated_blocks(blocks, space, config, calibration, model), space, 0,
+                  ASSIGNMENT_DTYPES, ddf)
 
 
-def candidates(peaks, library, config: AssignConfig, calibration: Calibration) -> dd.DataFrame:
+def candidates(peaks, library, config: AssignConfig, calibration: Calibration,
+               client=None) -> dd.DataFrame:
     """The long candidates table (lazy), for the same settings and calibration as
     :func:`assign`."""
     ddf = _as_ddf(peaks, config)
     space = prepare_library(library, config)
-    return ddf.map_partitions(candidates_partition, dask.delayed(space, pure=True), config,
-                              calibration, meta=dict(CANDIDATE_DTYPES))
+    with client.as_current() if client is not None else nullcontext():
+        blocks = rt_blocks(ddf, config)
+        model = context_model(blocks, config, calibration)
+    return _table(annotated_blocks(blocks, space, config, calibration, model), space, 1,
+                  CANDIDATE_DTYPES, ddf)
+
+
+def _table(results, space, which, dtypes, ddf) -> dd.DataFrame:
+    meta = pd.DataFrame({k: pd.Series(dtype=v) for k, v in dtypes.items()})
+    if not isinstance(ddf._meta, pd.DataFrame):
+        meta = _to_backend_of(ddf._meta, meta)
+    return dd.from_delayed([dask.delayed(block_table)(r, space, which) for r in results],
+                           meta=meta, verify_meta=False)
 
 
 
@@ -288,10 +406,11 @@ def package_versions() -> dict:
     return out
 
 
-def write_graph(ddf, space, config, calibration, staging, fmt):
-    """One chain of named tasks per partition: ``join_and_score`` (join and first pass) ->
-    ``refine_partition`` (second pass) -> ``write_partition``. Partitions that an interrupted
-    run finished are not computed again: their saved summaries stand in.
+def write_graph(blocks, space, config, calibration, model, staging, fmt):
+    """One chain of named tasks per RT block: ``join_and_score`` (join and first pass) ->
+    ``refine_partition`` (wider second pass) -> ``add_context`` -> ``write_partition``.
+    Blocks that an interrupted run finished are not computed again: their saved summaries
+    stand in.
 
     Returns
     -------
@@ -304,16 +423,19 @@ def write_graph(ddf, space, config, calibration, staging, fmt):
 
     space_key = dask.delayed(space, pure=True)
     summaries, resumed = [], 0
-    for i, part in enumerate(ddf.to_delayed()):
+    todo = []
+    for i in range(len(blocks)):
         done = output.finished_summary(staging, i)
         if done is not None:
             summaries.append(dask.delayed(done))
             resumed += 1
-            continue
-        scored = dask.delayed(join_and_score)(part, space_key, config, calibration)
-        refined = dask.delayed(refine_partition)(scored, space_key, config, calibration)
-        summaries.append(dask.delayed(output.write_partition)(refined, space_key, str(staging),
-                                                              fmt, i))
+        else:
+            summaries.append(None)
+            todo.append(i)
+    results = annotated_blocks([blocks[i] for i in todo], space, config, calibration, model)
+    for i, result in zip(todo, results, strict=True):
+        summaries[i] = dask.delayed(output.write_partition)(result, space_key, str(staging),
+                                                            fmt, i)
     return summaries, resumed
 
 
@@ -335,8 +457,17 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
         else:
             calibration = calibrate(ddf, space, config)
             output.write_json(saved, calibration.to_dict())
+        blocks = rt_blocks(ddf, config)
+        saved_model = staging / "context.json"
+        if resumed and saved_model.exists():
+            model = ContextModel.from_dict(json.loads(saved_model.read_text()))
+        else:
+            model = context_model(blocks, config, calibration)
+            if model is not None:
+                output.write_json(saved_model, model.to_dict())
         t_cal = time.perf_counter()
-        summaries, already = write_graph(ddf, space, config, calibration, staging, fmt)
+        summaries, already = write_graph(blocks, space, config, calibration, model, staging,
+                                         fmt)
         if client is not None:
             futures = client.compute(summaries)
             if progress:
@@ -354,6 +485,7 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
         "peaks": n, "assigned": assigned, "not_in_library": n - assigned,
         "mean_confidence": float(written["prob_sum"].sum() / max(n, 1)),
         "refined": int(written["refined"].sum()),
+        "context_changed": int(written["context_changed"].sum()),
         "overflow": int(written["overflow"].sum()),
         "candidates": int(written["candidates"].sum()),
         "n_candidates_p99": float(written["n_cand_p99"].max()),
@@ -365,6 +497,7 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
     manifest = {
         "dask_assign_version": __version__, "versions": package_versions(), "inputs": inputs,
         "config": json.loads(config.to_json()), "calibration": calibration.to_dict(),
+        "context": None if model is None else model.to_dict(),
         "format": fmt, "summary": summary,
     }
     output.commit(staging, Path(out), manifest)

@@ -36,6 +36,17 @@ def test_explicit_mapping_tsv_and_parquet(tmp_path):
         assert peaks["intensity"].isna().all()
 
 
+def test_parquet_saved_with_a_pandas_index(tmp_path):
+    # A shuffled frame saved as it is keeps its index in the file (``__index_level_0__``).
+    frame = pd.DataFrame({"peak_id": ["a", "b", "c"], "mz": [100.0, 200.0, 300.0],
+                          "rt": [1.0, 2.0, 3.0], "intensity": [1e4, 2e4, 3e4]})
+    frame.sample(frac=1.0, random_state=1).to_parquet(tmp_path / "p.parquet")
+    peaks = load_peaks(tmp_path / "p.parquet", rt_unit="min")
+    assert sorted(peaks["peak_id"]) == ["a", "b", "c"] and len(peaks.columns) == 4
+    assert dict(zip(peaks["peak_id"], peaks["mz"], strict=True)) == {
+        "a": 100.0, "b": 200.0, "c": 300.0}
+
+
 def test_rt_unit_inferred_from_values(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text("id,mz,rt\na,100,30\nb,110,900\n")

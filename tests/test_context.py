@@ -1,0 +1,158 @@
+"""The context pass on small hand-made cases, and its fit, against hand-computed masses."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dask_assign.adducts import select_adducts
+from dask_assign.annotate import SearchSpace, first_pass, second_pass, to_tables
+from dask_assign.chem import C13_SPACING, c13_abundances, parse_formula
+from dask_assign.config import AssignConfig, Calibration
+from dask_assign.context import ContextModel, apply_context, context_stats, fit_context
+from dask_assign.ions import build_ions
+from tests.conftest import library_frame
+
+ADDUCTS = ("[M+H]+", "[M+Na]+", "[M+NH4]+")
+CONFIG = AssignConfig(adducts=ADDUCTS, max_isotope=2, calibrate=False)
+CAL = Calibration(mass_sigma_ppm=2.0, rt_sigma=0.05, log_intensity_center=11.5,
+                  log_intensity_scale=2.0)
+#: A run of moderate crowding: an accidental partner in one window is rare.
+MODEL = ContextModel(rt_sigma=0.005, rt_tol=0.02, ppm=11.3, log_kappa=math.log(1e-4),
+                     log_detect=math.log(5e3), isotope_pairs=0.0)
+RT = 5.0
+
+
+def ion_mz(formula, adduct, isotope=0):
+    a = select_adducts("positive", [adduct])[0]
+    return a.mz(parse_formula(formula).mass) + isotope * C13_SPACING / abs(a.charge)
+
+
+def annotate(lib_rows, peaks, context=True):
+    lib = library_frame(lib_rows)
+    table = build_ions(lib, select_adducts("positive", CONFIG.adducts), CONFIG.max_isotope)
+    space = SearchSpace.build(table, CONFIG.ppm * CONFIG.refine_widen)
+    frame = pd.DataFrame(peaks, columns=["peak_id", "mz", "rt", "intensity"]).astype(
+        {"peak_id": "string"})
+    result = second_pass(first_pass(frame, space, CONFIG, CAL), space, CONFIG, CAL)
+    if context:
+        result = apply_context(result, frame, np.arange(len(frame)), space, CONFIG, CAL, MODEL)
+    a, _ = to_tables(result, space)
+    return a.set_index("peak_id")
+
+
+# Caffeine [M+Na]+ (217.06960) and C9H12O6 [M+H]+ (217.07066) lie 4.9 ppm apart: an isobar.
+CAFFEINE, ISOBAR = "C8H10N4O2", "C9H12O6"
+PAIR_LIB = [("caffeine", CAFFEINE, RT), ("isobar", ISOBAR, RT)]
+
+
+def test_adduct_partner_resolves_an_isobar():
+    na = ion_mz(ISOBAR, "[M+H]+")  # measured right on the isobar's [M+H]+
+    alone = [("na", na, RT, 2e5)]
+    with_partner = alone + [("h", ion_mz(CAFFEINE, "[M+H]+"), RT + 0.002, 1e6)]
+    # Alone, [M+H]+ of the isobar is the better story (closer, and [M+H]+ is commoner).
+    first = annotate(PAIR_LIB, alone, context=False)
+    assert first.loc["na", "compound_id"] == "isobar"
+    # Its co-eluting [M+H]+ partner at 195.0877 makes it caffeine's [M+Na]+.
+    ctx = annotate(PAIR_LIB, with_partner)
+    assert ctx.loc["na", "compound_id"] == "caffeine" and ctx.loc["na", "adduct"] == "[M+Na]+"
+    assert ctx.loc["na", "context_changed"] and ctx.loc["na", "n_partners"] == 1
+    assert ctx.loc["h", "compound_id"] == "caffeine" and ctx.loc["h", "adduct"] == "[M+H]+"
+    # The partner must co-elute: 0.5 min away it says nothing.
+    apart = annotate(PAIR_LIB, alone + [("h", ion_mz(CAFFEINE, "[M+H]+"), RT + 0.5, 1e6)])
+    assert apart.loc["na", "compound_id"] == "isobar" and apart.loc["na", "n_partners"] == 0
+
+
+# 5.05 ppm apart at [M+H]+ 431.17: 12 carbons (13C1/M0 = 0.130) against 29 (0.314).
+LIGHT, HEAVY = "C12H26N6O11", "C29H22N2O2"
+
+
+def test_isotope_ratio_rules_out_a_formula():
+    lib = [("light", LIGHT, RT), ("heavy", HEAVY, RT)]
+    mz0 = ion_mz(HEAVY, "[M+H]+") * (1 - 1e-6)  # closer to the heavy one
+    ratio = {f: float(c13_abundances(np.array([parse_formula(f).count("C")]), 1)[0, 1])
+             for f in (LIGHT, HEAVY)}
+    assert round(ratio[LIGHT], 3) == 0.130 and round(ratio[HEAVY], 3) == 0.314
+    first = annotate(lib, [("m0", mz0, RT, 1e6)], context=False)
+    assert first.loc["m0", "compound_id"] == "heavy"
+    for formula, winner in ((LIGHT, "light"), (HEAVY, "heavy")):
+        peaks = [("m0", mz0, RT, 1e6),
+                 ("m1", mz0 + C13_SPACING, RT + 0.001, 1e6 * ratio[formula])]
+        ctx = annotate(lib, peaks)
+        assert ctx.loc["m0", "compound_id"] == winner, formula
+        # The 13C1 peak takes the compound of its monoisotopic peak, labelled 13C1.
+        assert ctx.loc["m1", "compound_id"] == winner and ctx.loc["m1", "isotope"] == "13C1"
+
+
+def test_missing_13c1_partner_lowers_a_large_molecule():
+    # One peak between the light (12 C) and the heavy (29 C) formula, a little nearer the heavy.
+    lib = [("light", LIGHT, RT), ("heavy", HEAVY, RT)]
+    mz0 = ion_mz(HEAVY, "[M+H]+") * (1 - 1.5e-6)
+    inten = 3e4  # heavy's 13C1 would be 9.4e3, above the detection limit (5e3); light's 3.9e3
+    first = annotate(lib, [("m0", mz0, RT, inten)], context=False)
+    lonely = annotate(lib, [("m0", mz0, RT, inten)])
+    assert first.loc["m0", "compound_id"] == "heavy"
+    assert lonely.loc["m0", "compound_id"] == "light"  # no 13C1 where heavy needs one
+    assert lonely.loc["m0", "n_partners"] == 0 and lonely.loc["m0", "context_changed"]
+    # With heavy's 13C1 partner present, heavy keeps the call, more surely than alone.
+    ratio = float(c13_abundances(np.array([29]), 1)[0, 1])
+    paired = annotate(lib, [("m0", mz0, RT, inten),
+                            ("m1", mz0 + C13_SPACING, RT, inten * ratio)])
+    assert paired.loc["m0", "compound_id"] == "heavy"
+    assert paired.loc["m0", "prob"] > first.loc["m0", "prob"]
+
+
+def test_isotope_peak_is_not_another_compounds_monoisotopic_peak():
+    # Glucose 13C1 [M+H]+ (182.07402) lies 3.5 ppm from C8H11N3S [M+H]+: alone, a peak there
+    # is that compound's monoisotopic ion (an M+0 ion is far likelier than a 13C1 one).
+    glucose, other = "C6H12O6", "C8H11N3S"
+    lib = [("glucose", glucose, RT), ("other", other, RT)]
+    m1 = ion_mz(glucose, "[M+H]+", 1)
+    assert abs(ion_mz(other, "[M+H]+") - m1) / m1 < 4e-6
+    alone = annotate(lib, [("m1", m1, RT, 6.5e4)], context=False)
+    assert alone.loc["m1", "compound_id"] == "other"
+    # With glucose's monoisotopic peak beside it, at the 6.5% the formula predicts:
+    peaks = [("m0", ion_mz(glucose, "[M+H]+"), RT, 1e6), ("m1", m1, RT + 0.001, 6.5e4)]
+    ctx = annotate(lib, peaks)
+    assert ctx.loc["m1", "compound_id"] == "glucose" and ctx.loc["m1", "isotope"] == "13C1"
+    assert ctx.loc["m0", "compound_id"] == "glucose" and ctx.loc["m1", "prob"] > 0.8
+
+
+def test_unknown_peak_with_partners_goes_to_not_in_library():
+    # An unlisted molecule's [M+H]+ lands 5 ppm and 0.1 min from a library compound's
+    # [M+NH4]+. Its [M+Na]+ and 13C1 partners say [M+H]+ of a mass no library compound has,
+    # and an [M+NH4]+ without its [M+H]+ would be odd.
+    target = ion_mz("C6H12O6", "[M+NH4]+") * (1 + 5e-6)
+    lib_rows = [("nh4", "C6H12O6", RT + 0.1)]
+    neutral = target - select_adducts("positive", ["[M+H]+"])[0].delta_mass
+    na = neutral + select_adducts("positive", ["[M+Na]+"])[0].delta_mass
+    peaks = [("u", target, RT, 1e6), ("u1", target + C13_SPACING, RT, 8e4),
+             ("una", na, RT + 0.002, 2e5)]
+    first = annotate(lib_rows, peaks, context=False)
+    ctx = annotate(lib_rows, peaks)
+    assert first.loc["u", "compound_id"] == "nh4" and first.loc["u", "p_null"] < 0.1
+    assert ctx.loc["u", "compound_id"] is pd.NA and ctx.loc["u", "p_null"] > 0.5
+    assert ctx.loc["u", "n_partners"] == 2
+
+
+def test_fit_recovers_the_coelution_spread():
+    rng = np.random.default_rng(3)
+    n = 3000
+    mz = rng.uniform(100, 800, n)
+    rt = rng.uniform(0, 20, n)
+    m1 = mz + C13_SPACING  # 13C1 partners whose RT differs by sd 0.01 min
+    rt1 = rt + rng.normal(0, 0.01, n)
+    frame = pd.DataFrame({"mz": np.r_[mz, m1], "rt": np.r_[rt, rt1],
+                          "intensity": np.r_[np.full(n, 1e6), np.full(n, 1e5)],
+                          "core": True})
+    cal = Calibration(mass_sigma_ppm=2.0)
+    config = AssignConfig(max_coelution=0.1)
+    one = fit_context(context_stats(frame, config, cal), config, cal)
+    assert one.rt_sigma == pytest.approx(0.01, rel=0.15)
+    assert one.rt_tol == pytest.approx(4 * one.rt_sigma)
+    # Counts add over blocks: two halves give the same fit.
+    halves = pd.concat([context_stats(frame.assign(core=frame["rt"] < 10), config, cal),
+                        context_stats(frame.assign(core=frame["rt"] >= 10), config, cal)])
+    assert fit_context(halves, config, cal) == one
+    assert one.log_detect == pytest.approx(math.log(1e5), abs=0.12)  # a bin's lower edge
