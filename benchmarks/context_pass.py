@@ -102,6 +102,14 @@ def make(folder: Path, n_peaks: int, n_compounds: int, seed: int = 0):
     return len(peaks)
 
 
+def calls(result, space) -> np.ndarray:
+    """The compound id called for each peak of a block (None: not in library)."""
+    ion = result.scored.features.ion[result.pair.clamp(min=0)].numpy()
+    out = space.compounds["compound_id"].to_numpy()[space.compound[ion]].astype(object)
+    out[result.pair.numpy() < 0] = None
+    return out
+
+
 def main(n_peaks: int = 1_000_000, n_compounds: int = 100_000):
     torch.set_num_threads(1)
     folder = Path("benchmarks/.context_data")
@@ -135,17 +143,8 @@ def main(n_peaks: int = 1_000_000, n_compounds: int = 100_000):
             times["first_pass"] += t1 - t0
             times["refine"] += t2 - t1
             times["context"] += t3 - t2
-            ids = first.part["peak_id"].to_numpy()
-            want = truth.reindex(ids).to_numpy()
-            cid = space.compounds["compound_id"].to_numpy()
-
-            def calls(result):
-                ion = result.scored.features.ion[result.pair.clamp(min=0)].numpy()
-                out = cid[space.compound[ion]].astype(object)
-                out[result.pair.numpy() < 0] = None
-                return out
-
-            before, after = calls(refined), calls(ctx)
+            want = truth.reindex(first.part["peak_id"].to_numpy()).to_numpy()
+            before, after = calls(refined, space), calls(ctx, space)
             moved = ctx.changed.numpy()
             changed += int(moved.sum())
             right_before += int((before[moved] == want[moved]).sum()
