@@ -54,7 +54,7 @@ UNKNOWN_RATIO_SIGMA = 0.4
 DETECT_SIGMA = 0.3
 #: Adducts whose share of peaks is below this fraction of the commonest one's get no partner
 #: search and no place in the null's mixture.
-MIN_ADDUCT_SHARE = 1e-3
+MIN_ADDUCT_SHARE = 1e-2
 #: Bins of the co-elution histogram and of the log10 intensity histogram.
 RT_BINS = 100
 LOG10_INTENSITY_BINS = np.arange(-2.0, 14.0 + 1e-9, 0.05)
@@ -414,7 +414,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     block_mz_t = torch.as_tensor(block_mz, device=device)
     block_rt_t = torch.as_tensor(block_rt, device=device)
     p_adduct = adduct_presence(space, calibration)
-    # Adducts too rare to matter (a thousandth of the commonest) get no partner search.
+    # Adducts too rare to matter (a hundredth of the commonest) get no partner search.
     kept = np.flatnonzero(p_adduct >= MIN_ADDUCT_SHARE * p_adduct.max())
     partners = _find_partners(block_mz, block_rt, np.asarray(core_rows, dtype=np.int64), space,
                               config, calibration, model, p_adduct, kept, device)
@@ -440,34 +440,38 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     # The null slot: noise, or a molecule missing from the library under any label (adduct,
     # 13C count), with the typical carbon count of its mass. The isotope terms of one charge
     # and 13C count are shared by its adducts (computed from the commonest adduct's reading).
+    # Only peaks with a candidate need it: for the others the null is the only answer.
     n_iso = config.max_isotope + 1
     unknown_sigma = math.hypot(config.isotope_ratio_sigma, UNKNOWN_RATIO_SIGMA)
     log_p = torch.as_tensor(np.log(p_adduct), device=device)
     kept_t = torch.as_tensor(kept, device=device)
     charges = space.adduct_ions[kept, 1]
-    iso = torch.zeros((n, len(kept), n_iso), dtype=li.dtype, device=device)
+    rows = torch.unique(f.peak)
+    pmz, prt, pli = mz[rows], rt[rows], li[rows]
+    iso = torch.zeros((rows.numel(), len(kept), n_iso), dtype=li.dtype, device=device)
     lcarbon = torch.zeros_like(iso)
-    rows = torch.arange(n, device=device)
     for z in np.unique(charges):
-        group = np.flatnonzero(charges == z)
-        rep = kept[group[np.argmax(p_adduct[kept[group]])]]
+        group = torch.as_tensor(np.flatnonzero(charges == z), device=device)
+        rep = int(kept[group.cpu().numpy()[np.argmax(p_adduct[kept[group.cpu().numpy()]])]])
         for s_ in range(n_iso):
-            ls = torch.full((n,), s_, dtype=torch.int64, device=device)
-            la = torch.full_like(ls, int(rep))
-            c = space.carbon_per_mass * _neutral(mz, la, ls, ions).clamp(min=0) * ions[la, 0]
-            odds = _isotope_odds(partners, rows, la, ls, c, mz, rt, li, *common, unknown_sigma)
-            iso[:, torch.as_tensor(group, device=device), s_] = odds[:, None]
-            lcarbon[:, torch.as_tensor(group, device=device), s_] = c[:, None]
-    lneutral = _neutral(mz[:, None, None], kept_t[None, :, None],
+            ls = torch.full_like(rows, s_)
+            la = torch.full_like(rows, rep)
+            c = space.carbon_per_mass * _neutral(pmz, la, ls, ions).clamp(min=0) * ions[la, 0]
+            odds = _isotope_odds(partners, rows, la, ls, c, pmz, prt, pli, *common,
+                                 unknown_sigma)
+            iso[:, group, s_] = odds[:, None]
+            lcarbon[:, group, s_] = c[:, None]
+    lneutral = _neutral(pmz[:, None, None], kept_t[None, :, None],
                         torch.arange(n_iso, device=device)[None, None, :], ions)
     prior = log_p[kept_t][None, :, None] + _log_abundances(lcarbon[..., 0], config.max_isotope)
     prior = torch.where(lneutral > 0, prior, torch.full_like(prior, float("-inf")))
     prior = prior - torch.logsumexp(prior.flatten(1), dim=1)[:, None, None]
-    label = partners.adduct_odds[:, kept_t][:, :, None] + iso
-    null = torch.logsumexp((prior + weight * label).flatten(1), dim=1)
+    label = partners.adduct_odds[rows][:, kept_t][:, :, None] + iso
+    molecule = torch.logsumexp((prior + weight * label).flatten(1), dim=1)
     phi = config.context_noise_share
-    null = torch.logaddexp(torch.full_like(null, math.log(phi)), math.log1p(-phi) + null)
-    null = torch.nan_to_num(null, nan=0.0)
+    null = torch.zeros(n, dtype=li.dtype, device=device)
+    null[rows] = torch.nan_to_num(torch.logaddexp(
+        torch.full_like(molecule, math.log(phi)), math.log1p(-phi) + molecule), nan=0.0)
 
     logit = scored.logit + weight * cand - null[f.peak]
     return _rescored(result, logit, scored.log_rest - null, partners.n_partners, config)

@@ -134,8 +134,10 @@ def rt_block(pieces, edges: np.ndarray, k: int):
         block = cudf.concat(list(pieces), ignore_index=True)
     else:
         block = pd.concat(list(pieces), ignore_index=True)
-    block = block.sort_values(["rt", "mz", "peak_id"], kind="stable", ignore_index=True) \
-        if len(block) else block
+    # Peak ids are unique, so this order is total: the same rows, the same order, whatever
+    # the blocks (pandas and cudf alike).
+    block = block.sort_values(["rt", "mz", "peak_id"], ignore_index=True) if len(block) \
+        else block
     rt = block["rt"].to_numpy(dtype=np.float64)
     lo = -np.inf if k == 0 else edges[k - 1]
     hi = np.inf if k == len(edges) else edges[k]
