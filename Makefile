@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 # Threads spin-waiting on a small shared VM make torch many times slower.
 export OMP_WAIT_POLICY ?= passive
 
-.PHONY: demo test lint venv browser clean ipa-env bench-accuracy
+.PHONY: demo test lint venv browser clean ipa-env bench-accuracy bench
 
 $(BIN)/dask-assign: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ ipa-env: .venv-ipa/bin/python
 # Side-by-side accuracy on the shared sets: dask-assign, a nearest-ion rule, IPA.
 bench-accuracy: venv ipa-env
 	$(BIN)/python benchmarks/accuracy.py
+
+# The standard benchmark set (minutes): scorer layout, join stage (the bench extra), context
+# pass at 1M peaks. Each prints a table and writes benchmarks/*.json.
+bench: venv
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/scoring_layout.py
+	$(BIN)/python benchmarks/join.py 1000000 100000
+	$(BIN)/python benchmarks/context_pass.py 1000000 100000
 
 lint: venv
 	$(BIN)/ruff check dask_assign tests benchmarks
