@@ -1,7 +1,10 @@
 """Candidate filtering: the peak x ion range join on log-m/z bins, RT masking and top-K.
 
-The kernels are written once with torch, so the same code runs on CPU tensors (from pandas
-through NumPy, zero-copy) and on CUDA tensors (from cudf through DLPack).
+The kernels are written with torch, so the same code runs on CPU tensors (from pandas through
+NumPy, zero-copy) and on CUDA tensors (from cudf through DLPack). The range join alone has a
+compiled CPU twin (numba): torch must materialise every ion of the three bins around a peak
+before the exact test, where a loop tests them in place. Both give the same pairs, in the same
+order (tested).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -86,8 +90,46 @@ def batches_by_pairs(lo, hi, max_pairs: int):
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
+@numba.njit(cache=True, nogil=True)
+def _join_sweep(peak_mz, peak_rt, ion_mz, ion_rt, start, origin, width, rel_tol, rt_window,
+                out_p, out_i):
+    """The pairs of :func:`range_join`, peak by peak; written while they fit in ``out_*``.
+    Returns their number."""
+    size = out_p.size
+    nbins = start.size - 1
+    found = 0
+    for p in range(peak_mz.size):
+        mz = peak_mz[p]
+        b = np.int64(np.floor(np.log(mz) / width)) - origin
+        lo = start[min(max(b - 1, 0), nbins)]
+        hi = start[min(max(b + 2, 0), nbins)]
+        rt = peak_rt[p]
+        for i in range(lo, hi):
+            m = ion_mz[i]
+            if abs(mz - m) <= rel_tol * m:
+                irt = ion_rt[i]
+                if np.isnan(irt) or abs(rt - irt) <= rt_window:
+                    if found < size:
+                        out_p[found] = p
+                        out_i[found] = i
+                    found += 1
+    return found
+
+
+def _range_join_cpu(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm, rt_window):
+    args = (peak_mz.numpy(), peak_rt.numpy(), ion_mz.numpy(), ion_rt.numpy(), index.start,
+            index.origin, index.width, ppm * 1e-6, float(rt_window))
+    size = 4 * peak_mz.shape[0] + 1024  # most runs need less; else once more, exactly
+    out = (np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64))
+    n = _join_sweep(*args, *out)
+    if n > size:
+        out = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
+        _join_sweep(*args, *out)
+    return torch.from_numpy(out[0][:n]), torch.from_numpy(out[1][:n])
+
+
 def range_join(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm: float,
-               rt_window: float):
+               rt_window: float, kernel: str = "auto"):
     """All (peak, ion) pairs within ``ppm`` and, where the ion has an RT, ``rt_window``.
 
     A pair matches when ``|peak_mz - ion_mz| <= ppm * 1e-6 * ion_mz`` and either the ion's RT is
@@ -102,6 +144,8 @@ def range_join(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm: float
     index : MassBinIndex
         Built for these ions with ``max_ppm >= ppm``.
     ppm, rt_window : float
+    kernel : {"auto", "torch", "numba"}
+        ``auto``: the compiled loop for CPU float64 tensors, torch otherwise (CUDA).
 
     Returns
     -------
@@ -119,6 +163,11 @@ def range_join(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm: float
     [1]
     """
     device = peak_mz.device
+    cpu = device.type == "cpu" and all(
+        t.dtype == torch.float64 for t in (peak_mz, peak_rt, ion_mz, ion_rt))
+    if kernel == "numba" or (kernel == "auto" and cpu):
+        return _range_join_cpu(peak_mz.contiguous(), peak_rt.contiguous(), ion_mz.contiguous(),
+                               ion_rt.contiguous(), index, ppm, rt_window)
     n = peak_mz.shape[0]
     lo, hi = window_bounds(peak_mz, index)
     counts = hi - lo

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,12 +19,29 @@ def brute_force(peak_mz, peak_rt, ion_mz, ion_rt, ppm, rtw):
 
 
 def join(peak_mz, peak_rt, ion_mz, ion_rt, ppm, rtw, index_ppm=None):
+    """Both kernels (compiled CPU loop and torch) agree, pair for pair and in order; their
+    pairs, in the ions' original numbering."""
     order = np.argsort(ion_mz, kind="stable")
     ion_mz, ion_rt = ion_mz[order], ion_rt[order]
     index = MassBinIndex.build(ion_mz, index_ppm or ppm)
     t = torch.from_numpy
-    p, i = range_join(t(peak_mz), t(peak_rt), t(ion_mz), t(ion_rt), index, ppm, rtw)
+    args = (t(peak_mz), t(peak_rt), t(ion_mz), t(ion_rt), index, ppm, rtw)
+    p, i = range_join(*args, kernel="numba")
+    tp, ti = range_join(*args, kernel="torch")
+    assert torch.equal(p, tp) and torch.equal(i, ti)
     return {(int(a), int(order[b])) for a, b in zip(p, i, strict=True)}
+
+
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
+def test_join_orders_pairs_by_peak_then_ion(rng, kernel):
+    ion_mz = np.sort(rng.uniform(100, 110, 500))
+    ion_rt = rng.uniform(0, 1, 500)
+    peak_mz = rng.uniform(99, 111, 300)
+    t = torch.from_numpy
+    p, i = range_join(t(peak_mz), t(rng.uniform(0, 1, 300)), t(ion_mz), t(ion_rt),
+                      MassBinIndex.build(ion_mz, 50), 50, 0.3, kernel=kernel)
+    key = p * 1000 + i
+    assert p.numel() > 50 and bool((key[1:] > key[:-1]).all())
 
 
 def test_join_equals_brute_force_on_random_data(rng):
