@@ -129,7 +129,7 @@ def _sweep(mz, rt, anchor, scale, shift, ppm, rt_tol, cap, out_q, out_k, out_m):
 
 #: Partners kept per peak and map. Real runs have a handful at most; a table of many copies
 #: of one run (or duplicated features) would otherwise make the search quadratic.
-MAX_PARTNERS = 16
+MAX_PARTNERS = 4
 
 
 def find_relations(mz, rt, maps: RelationMaps, ppm: float, rt_tol: float, anchor=None,
