@@ -186,6 +186,29 @@ def range_join(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm: float
     return peak_idx[keep], ion_idx[keep]
 
 
+@numba.njit(cache=True, nogil=True)
+def _rank_grouped(peak, score, order, rank):
+    """Stable descending insertion sort of ``score`` within runs of equal ``peak``."""
+    n = peak.size
+    a = 0
+    while a < n:
+        b = a + 1
+        while b < n and peak[b] == peak[a]:
+            b += 1
+        for k in range(a, b):
+            order[k] = k
+        for k in range(a + 1, b):
+            cur = order[k]
+            m = k - 1
+            while m >= a and score[order[m]] < score[cur]:
+                order[m + 1] = order[m]
+                m -= 1
+            order[m + 1] = cur
+        for k in range(a, b):
+            rank[k] = k - a
+        a = b
+
+
 def rank_within_peak(peak_idx, score):
     """Order pairs by peak, best ``score`` first, and number them within each peak.
 
@@ -208,6 +231,15 @@ def rank_within_peak(peak_idx, score):
     counts : torch.Tensor
         Pairs per peak, for peaks ``0 .. peak_idx.max()``.
     """
+    if (peak_idx.device.type == "cpu" and peak_idx.numel() > 1
+            and bool((peak_idx[1:] >= peak_idx[:-1]).all())):
+        # Pairs already grouped by peak (as the join gives them): sort within each group.
+        order = np.empty(peak_idx.numel(), dtype=np.int64)
+        rank = np.empty_like(order)
+        _rank_grouped(peak_idx.contiguous().numpy(), score.contiguous().numpy(), order, rank)
+        n = int(peak_idx[-1]) + 1
+        return (torch.from_numpy(order), torch.from_numpy(rank),
+                torch.bincount(peak_idx, minlength=n))
     by_score = torch.sort(score, descending=True, stable=True).indices
     by_peak = torch.sort(peak_idx[by_score], stable=True).indices
     order = by_score[by_peak]

@@ -32,6 +32,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
 import torch
@@ -338,10 +339,100 @@ def _find_partners(block_mz, block_rt, core_rows, space, config, calibration, mo
 
 
 def _isotope_odds(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, block_mz, block_rt,
-                  block_li, model, config, calibration, ratio_sigma):
+                  block_li, model, config, calibration, ratio_sigma, kernel="auto"):
     """Summed log odds factor of the isotope partners that label ``(a, s)`` of a molecule
     with ``n_carbon`` carbons predicts for the peaks ``rows`` (m/z ``mz``, log intensity
-    ``li``, RT ``rt``); 1-D tensors of one length."""
+    ``li``, RT ``rt``); 1-D tensors of one length.
+
+    On CPU a compiled loop computes it entry by entry (``kernel="numba"``); the torch version
+    (``"torch"``, the one CUDA runs) needs a dozen passes over memory per partner column. Both
+    give the same numbers (tested)."""
+    if kernel == "numba" or (kernel == "auto" and n_carbon.device.type == "cpu"):
+        args = [x.contiguous().numpy() for x in (
+            rows, a, s, n_carbon, mz, rt, li, partners.iso_col, partners.iso_start,
+            partners.iso_j, partners.iso_step, partners.iso_charge, partners.log_rho,
+            block_mz, block_rt, block_li)]
+        out = _isotope_odds_loop(
+            *args, config.max_isotope, model.log_detect, float(ratio_sigma),
+            calibration.log_intensity_center, calibration.log_intensity_scale,
+            pair_sigma(calibration), model.ppm, model.rt_sigma, model.rt_tol)
+        return torch.from_numpy(out)
+    return _isotope_odds_torch(partners, rows, a, s, n_carbon, mz, rt, li, block_mz, block_rt,
+                               block_li, model, config, calibration, ratio_sigma)
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_ndtr(z):
+    if z > -37.0:
+        return math.log(0.5 * math.erfc(-z / math.sqrt(2.0)))
+    # Far tail: the asymptotic series (erfc underflows).
+    return -0.5 * z * z - math.log(-z) - 0.5 * math.log(2 * math.pi) + math.log1p(-1 / (z * z))
+
+
+@numba.njit(cache=True, nogil=True)
+def _lognorm(x, mu, sigma):
+    d = (x - mu) / sigma
+    return -0.5 * d * d - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+
+
+@numba.njit(cache=True, nogil=True)
+def _isotope_odds_loop(rows, a, s, n_carbon, mz, rt, li, iso_col, iso_start, iso_j, iso_step,
+                       iso_charge, log_rho, block_mz, block_rt, block_li, max_isotope,
+                       log_detect, ratio_sigma, li_center, li_scale, mass_sigma, ppm,
+                       rt_sigma, rt_tol):
+    """:func:`_isotope_odds_torch`, one entry at a time (same formulas)."""
+    n_col = max(iso_step.size - 1, 1)
+    out = np.zeros(rows.size)
+    log_window = math.log(2 * ppm) + math.log(2 * rt_tol)
+    log_a = np.empty(3)
+    for e in range(rows.size):
+        c = n_carbon[e]
+        log_a[0] = 0.0
+        log_a[1] = math.log(c) + _LOG_RATIO13 if c >= 1 else -np.inf
+        log_a[2] = math.log(c * (c - 1) / 2) + 2 * _LOG_RATIO13 if c >= 2 else -np.inf
+        se = s[e]
+        total = 0.0
+        for t in range(max_isotope + 1):
+            col = iso_col[a[e], se, t]
+            if col < 0:
+                continue
+            expected = li[e] + log_a[t] - log_a[se]
+            log_d = math.log(DETECT_MAX) + _log_ndtr((expected - log_detect) / DETECT_SIGMA)
+            if math.isnan(log_d):
+                log_d = math.log(0.5)
+            term = math.log1p(-min(math.exp(log_d), 1.0 - 1e-12))
+            key = rows[e] * n_col + col
+            lo, hi = iso_start[key], iso_start[key + 1]
+            if hi > lo:
+                top, acc = -np.inf, 0.0
+                target = mz[e] + iso_step[col] * C13_SPACING / iso_charge[col]
+                for k in range(lo, hi):
+                    j = iso_j[k]
+                    q = (_lognorm(block_li[j], expected, ratio_sigma)
+                         - _lognorm(block_li[j], li_center, li_scale))
+                    if math.isnan(q):
+                        q = 0.0
+                    elif q == -np.inf:
+                        q = -1e4
+                    err = (block_mz[j] - target) / target * 1e6
+                    q += (_lognorm(err, 0.0, mass_sigma) + _lognorm(block_rt[j] - rt[e], 0.0,
+                                                                    rt_sigma) + log_window)
+                    if q > top:
+                        acc = acc * math.exp(top - q) + 1.0
+                        top = q
+                    else:
+                        acc += math.exp(q - top)
+                lse = top + math.log(acc)
+                hit = log_d + lse - log_rho[rows[e]]
+                term = max(term, hit) + math.log1p(math.exp(-abs(term - hit)))
+            total += term
+        out[e] = total
+    return out
+
+
+def _isotope_odds_torch(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, block_mz,
+                        block_rt, block_li, model, config, calibration, ratio_sigma):
+    """The torch version of :func:`_isotope_odds`."""
     total = torch.zeros_like(n_carbon)
     log_a = _log_abundances(n_carbon, config.max_isotope)
     log_a_s = log_a.gather(1, s[:, None])[:, 0]
@@ -365,8 +456,9 @@ def _isotope_odds(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, block_m
                  - _log_normal(block_li[j], calibration.log_intensity_center,
                                calibration.log_intensity_scale))
         log_q = torch.nan_to_num(log_q, nan=0.0, neginf=-1e4)
-        target = mz[entry] + partners.iso_step[col[entry]] * C13_SPACING \
-            / partners.iso_charge[col[entry]]
+        # float64 first: an integer tensor times a Python float would be float32.
+        target = mz[entry] + partners.iso_step[col[entry]].to(mz.dtype) * C13_SPACING \
+            / partners.iso_charge[col[entry]].to(mz.dtype)
         log_q = log_q + _position_fit(block_mz[j], target, block_rt[j] - rt[entry], model,
                                       calibration)
         lse = _segment_logsumexp(log_q, entry, count.numel())
@@ -381,7 +473,7 @@ def _isotope_odds(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, block_m
 
 def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.ndarray,
                   space: SearchSpace, config: AssignConfig, calibration: Calibration,
-                  model: ContextModel) -> PartitionResult:
+                  model: ContextModel, kernel: str = "auto") -> PartitionResult:
     """Re-weigh the candidates of a scored partition by the evidence of co-eluting peaks.
 
     Parameters
@@ -397,6 +489,8 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     config : AssignConfig
     calibration : Calibration
     model : ContextModel
+    kernel : {"auto", "numba", "torch"}
+        How the isotope odds are computed (``auto``: compiled on CPU, torch on CUDA).
 
     Returns
     -------
@@ -435,7 +529,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
                          carbon) * ions[a, 0]
     cand = partners.adduct_odds[f.peak, a] + _isotope_odds(
         partners, f.peak, a, s, carbon, mz[f.peak], rt[f.peak], li[f.peak], *common,
-        config.isotope_ratio_sigma)
+        config.isotope_ratio_sigma, kernel)
 
     # The null slot: noise, or a molecule missing from the library under any label (adduct,
     # 13C count), with the typical carbon count of its mass. The isotope terms of one charge
@@ -458,7 +552,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
             la = torch.full_like(rows, rep)
             c = space.carbon_per_mass * _neutral(pmz, la, ls, ions).clamp(min=0) * ions[la, 0]
             odds = _isotope_odds(partners, rows, la, ls, c, pmz, prt, pli, *common,
-                                 unknown_sigma)
+                                 unknown_sigma, kernel)
             iso[:, group, s_] = odds[:, None]
             lcarbon[:, group, s_] = c[:, None]
     lneutral = _neutral(pmz[:, None, None], kept_t[None, :, None],
@@ -480,7 +574,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
 def _neutral(mz, a, s, ions):
     """Neutral monoisotopic mass of a peak read as the 13C``s`` ion of adduct ``a``."""
     z = ions[a, 1]
-    return (z * mz - s * C13_SPACING - ions[a, 2]) / ions[a, 0]
+    return (z * mz - s.to(mz.dtype) * C13_SPACING - ions[a, 2]) / ions[a, 0]
 
 
 def _rescored(result: PartitionResult, logit, log_rest, n_partners, config) -> PartitionResult:

@@ -92,3 +92,18 @@ def test_rank_within_peak_orders_and_ties_stable():
     assert order.tolist() == [4, 1, 2, 0, 3]  # peak 0 best first; tie 0.5 keeps pair order
     assert rank.tolist() == [0, 1, 0, 1, 2]
     assert counts.tolist() == [2, 3]
+
+
+def test_rank_within_peak_same_for_grouped_and_shuffled_pairs(rng):
+    # Grouped pairs (as the join gives them) take the compiled path; shuffled ones torch's.
+    peak = np.sort(rng.integers(0, 300, 5000))
+    score = rng.integers(0, 6, 5000).astype(np.float64)  # many ties
+    order, rank, counts = rank_within_peak(torch.from_numpy(peak), torch.from_numpy(score))
+    want = np.lexsort((np.arange(peak.size), -score, peak))  # peak, best first, then pair order
+    assert order.tolist() == want.tolist()
+    assert counts.tolist() == np.bincount(peak).tolist()
+    perm = rng.permutation(peak.size)
+    o2, r2, _ = rank_within_peak(torch.from_numpy(peak[perm]), torch.from_numpy(score[perm]))
+    assert (peak[perm][o2.numpy()] == peak[order.numpy()]).all()
+    assert (score[perm][o2.numpy()] == score[order.numpy()]).all()
+    assert r2.tolist() == rank.tolist()

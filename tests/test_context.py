@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dask_assign.adducts import select_adducts
 from dask_assign.annotate import SearchSpace, first_pass, second_pass, to_tables
@@ -156,3 +157,25 @@ def test_fit_recovers_the_coelution_spread():
                         context_stats(frame.assign(core=frame["rt"] >= 10), config, cal)])
     assert fit_context(halves, config, cal) == one
     assert one.log_detect == pytest.approx(math.log(1e5), abs=0.12)  # a bin's lower edge
+
+
+def test_compiled_and_torch_isotope_odds_agree():
+    """The CPU loop and the torch version (the CUDA path) give the same probabilities."""
+    from dask_assign import DEMO_DATA
+    from dask_assign.io import load_peaks, read_library
+
+    config = AssignConfig(calibrate=False)
+    lib = read_library(DEMO_DATA / "library.csv")
+    table = build_ions(lib, select_adducts("positive", config.adducts), config.max_isotope)
+    space = SearchSpace.build(table, config.ppm * config.refine_widen)
+    peaks = load_peaks(DEMO_DATA / "peaks.csv")
+    block = peaks.assign(core=True)
+    model = fit_context(context_stats(block, config, CAL), config, CAL)
+    result = second_pass(first_pass(peaks, space, config, CAL), space, config, CAL)
+    rows = np.arange(len(peaks))
+    fast = apply_context(result, block, rows, space, config, CAL, model, kernel="numba")
+    slow = apply_context(result, block, rows, space, config, CAL, model, kernel="torch")
+    assert fast.changed.sum() > 0 and bool((fast.n_partners > 0).any())
+    assert torch.equal(fast.pair, slow.pair)
+    np.testing.assert_allclose(fast.scored.prob, slow.scored.prob, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fast.scored.p_null, slow.scored.p_null, rtol=1e-10, atol=1e-12)
