@@ -134,6 +134,7 @@ def _print_summary(summary: dict, out):
     print(f"not in library   {summary['not_in_library']}")
     print(f"mean confidence  {summary['mean_confidence']:.3f}")
     print(f"refined          {summary['refined']}   overflow {summary['overflow']}")
+    print(f"context changed  {summary.get('context_changed', 0)}")
     print(f"time             {summary['seconds']['total']:.1f} s")
     print(f"dashboard        {summary['dashboard']}")
     print(f"output           {out}")
