@@ -155,7 +155,9 @@ def drift_votes(part, space: SearchSpace, config: AssignConfig, fraction: float)
     n_bins = _shift_bins(config)
     total = torch.zeros(len(DRIFT_SLOPES) * n_bins, dtype=torch.float64)
     lo, hi = window_bounds(peaks["mz"], space.bins)
-    for a, b in batches_by_pairs(lo, hi, config.max_pairs):
+    # Every pair votes once per slope: batches hold that many times fewer pairs.
+    budget = max(config.max_pairs // len(DRIFT_SLOPES), 1)
+    for a, b in batches_by_pairs(lo, hi, budget):
         sub = {k: v[a:b] for k, v in peaks.items()}
         pi, ii = range_join(sub["mz"], sub["rt"], ions["mz"], ions["rt"], space.bins,
                             config.ppm, float("inf"))

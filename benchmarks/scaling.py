@@ -1,0 +1,63 @@
+"""Whole annotation, end to end through the CLI, at growing sizes: a scaling table.
+
+Run: OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/scaling.py [MAX_PEAKS]
+
+For each size (peaks x compounds: 1e4 x 1e4, 1e5 x 2e4, 1e6 x 1e5, and 1e7 x 2e5 when
+MAX_PEAKS allows) the synthetic run of ``benchmarks/context_pass.py`` is written as Parquet and
+``dask-assign run`` annotates it on a 2-worker LocalCluster: read and validate, calibrate, RT
+blocks, join, score, refine, context pass, write Parquet. The summed RSS of the whole process
+tree (client, nannies, workers) is sampled every 0.2 s. Prints a table and writes
+benchmarks/scaling.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from context_pass import make  # noqa: E402  (a sibling script)
+from stream_peaks import tree_rss  # noqa: E402
+
+SIZES = [(10_000, 10_000), (100_000, 20_000), (1_000_000, 100_000), (10_000_000, 200_000)]
+
+
+def run_one(n_peaks: int, n_compounds: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="dask-assign-scale-"))
+    n = make(work, n_peaks, n_compounds)
+    cmd = [sys.executable, "-m", "dask_assign.cli", "run", str(work / "peaks.parquet"),
+           str(work / "library.csv"), "--out", str(work / "out"), "--workers", "2"]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    watched, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(watched))
+        time.sleep(0.2)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(f"dask-assign run failed at {n_peaks} peaks")
+    summary = json.loads((work / "out" / "manifest.json").read_text())["summary"]
+    return {"peaks": n, "compounds": n_compounds, "wall_s": round(wall, 1),
+            "pipeline_s": round(summary["seconds"]["total"], 1),
+            "us_per_peak": round(wall / n * 1e6, 1), "peak_rss_gib": round(peak / 2**30, 2),
+            "assigned": summary["assigned"], "context_changed": summary["context_changed"]}
+
+
+def main(max_peaks: int = 1_000_000):
+    rows = [run_one(n, c) for n, c in SIZES if n <= max_peaks]
+    print(f"{'peaks':>11} {'compounds':>10} {'wall s':>8} {'pipeline s':>11} {'us/peak':>8} "
+          f"{'peak RSS GiB':>13}")
+    for r in rows:
+        print(f"{r['peaks']:>11,} {r['compounds']:>10,} {r['wall_s']:>8} {r['pipeline_s']:>11} "
+              f"{r['us_per_peak']:>8} {r['peak_rss_gib']:>13}")
+    Path(__file__).with_name("scaling.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
