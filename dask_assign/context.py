@@ -94,13 +94,15 @@ class ContextModel:
     isotope_pairs: float
 
     def to_dict(self) -> dict:
-        """Plain values, for JSON."""
-        return dataclasses.asdict(self)
+        """Plain values, for JSON (``None`` for a detection limit a table without intensities
+        cannot give)."""
+        return {k: (v if math.isfinite(v) else None) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict) -> ContextModel:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{f.name: float(data[f.name]) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: float("-inf") if data[f.name] is None else float(data[f.name])
+                      for f in dataclasses.fields(cls)})
 
 
 def pair_sigma(calibration: Calibration) -> float:

@@ -1,5 +1,6 @@
 """The context pass on small hand-made cases, and its fit, against hand-computed masses."""
 
+import json
 import math
 
 import numpy as np
@@ -157,6 +158,11 @@ def test_fit_recovers_the_coelution_spread():
                         context_stats(frame.assign(core=frame["rt"] >= 10), config, cal)])
     assert fit_context(halves, config, cal) == one
     assert one.log_detect == pytest.approx(math.log(1e5), abs=0.12)  # a bin's lower edge
+    assert ContextModel.from_dict(json.loads(json.dumps(one.to_dict()))) == one
+    # Without intensities there is no detection limit; the model still goes through JSON.
+    blind = fit_context(context_stats(frame.assign(intensity=np.nan), config, cal), config, cal)
+    assert blind.to_dict()["log_detect"] is None
+    assert ContextModel.from_dict(json.loads(json.dumps(blind.to_dict()))) == blind
 
 
 def test_compiled_and_torch_isotope_odds_agree():
