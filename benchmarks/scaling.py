@@ -13,17 +13,13 @@ benchmarks/scaling.json.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from context_pass import make  # noqa: E402  (a sibling script)
-from stream_peaks import tree_rss  # noqa: E402
+from stream_peaks import run_cli  # noqa: E402
 
 SIZES = [(10_000, 10_000), (100_000, 20_000), (1_000_000, 100_000), (10_000_000, 200_000)]
 
@@ -31,17 +27,7 @@ SIZES = [(10_000, 10_000), (100_000, 20_000), (1_000_000, 100_000), (10_000_000,
 def run_one(n_peaks: int, n_compounds: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="dask-assign-scale-"))
     n = make(work, n_peaks, n_compounds)
-    cmd = [sys.executable, "-m", "dask_assign.cli", "run", str(work / "peaks.parquet"),
-           str(work / "library.csv"), "--out", str(work / "out"), "--workers", "2"]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    watched, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss(watched))
-        time.sleep(0.2)
-    wall = time.perf_counter() - t
-    if proc.returncode:
-        raise SystemExit(f"dask-assign run failed at {n_peaks} peaks")
+    wall, peak = run_cli(work / "peaks.parquet", work / "library.csv", work / "out", every=0.2)
     summary = json.loads((work / "out" / "manifest.json").read_text())["summary"]
     return {"peaks": n, "compounds": n_compounds, "wall_s": round(wall, 1),
             "pipeline_s": round(summary["seconds"]["total"], 1),

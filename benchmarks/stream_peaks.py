@@ -48,18 +48,26 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def main(n: int = 10_000_000):
-    work = Path(tempfile.mkdtemp(prefix="dask-assign-stream-"))
-    make_peaks(work / "peaks.parquet", n)
-    cmd = [sys.executable, "-m", "dask_assign.cli", "run", str(work / "peaks.parquet"),
-           str(DEMO / "library.csv"), "--out", str(work / "out"), "--workers", "2"]
+def run_cli(peaks: Path, library: Path, out: Path, every: float = 0.5) -> tuple[float, int]:
+    """``dask-assign run`` on 2 workers; wall seconds and the peak summed RSS of its whole
+    process tree (client, nannies, workers), sampled every ``every`` seconds."""
+    cmd = [sys.executable, "-m", "dask_assign.cli", "run", str(peaks), str(library),
+           "--out", str(out), "--workers", "2"]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     watched, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         peak = max(peak, tree_rss(watched))
-        time.sleep(0.5)
-    wall = time.perf_counter() - t
+        time.sleep(every)
+    if proc.returncode:
+        raise SystemExit(f"dask-assign run failed on {peaks}")
+    return time.perf_counter() - t, peak
+
+
+def main(n: int = 10_000_000):
+    work = Path(tempfile.mkdtemp(prefix="dask-assign-stream-"))
+    make_peaks(work / "peaks.parquet", n)
+    wall, peak = run_cli(work / "peaks.parquet", DEMO / "library.csv", work / "out")
     summary = json.loads((work / "out" / "manifest.json").read_text())["summary"]
     print(f"peaks {summary['peaks']:,}  wall {wall:.0f} s  peak tree RSS {peak / 2**30:.2f} GiB"
           f"  (pipeline {summary['seconds']['total']:.0f} s, of which calibration "
