@@ -116,16 +116,24 @@ def _join_sweep(peak_mz, peak_rt, ion_mz, ion_rt, start, origin, width, rel_tol,
     return found
 
 
+def run_filling(kernel, args: tuple, size: int, n_out: int) -> list[np.ndarray]:
+    """Run a compiled kernel that writes its matches into ``n_out`` int64 buffers while they
+    fit and returns how many it found; once more with exact room when ``size`` was short.
+
+    Most runs fit a generous guess, so the matches are found in one pass."""
+    out = [np.empty(size, dtype=np.int64) for _ in range(n_out)]
+    n = kernel(*args, *out)
+    if n > size:
+        out = [np.empty(n, dtype=np.int64) for _ in range(n_out)]
+        kernel(*args, *out)
+    return [x[:n] for x in out]
+
+
 def _range_join_cpu(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm, rt_window):
     args = (peak_mz.numpy(), peak_rt.numpy(), ion_mz.numpy(), ion_rt.numpy(), index.start,
             index.origin, index.width, ppm * 1e-6, float(rt_window))
-    size = 4 * peak_mz.shape[0] + 1024  # most runs need less; else once more, exactly
-    out = (np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64))
-    n = _join_sweep(*args, *out)
-    if n > size:
-        out = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
-        _join_sweep(*args, *out)
-    return torch.from_numpy(out[0][:n]), torch.from_numpy(out[1][:n])
+    p, i = run_filling(_join_sweep, args, 4 * peak_mz.shape[0] + 1024, 2)
+    return torch.from_numpy(p), torch.from_numpy(i)
 
 
 def range_join(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm: float,

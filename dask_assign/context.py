@@ -547,8 +547,9 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     iso = torch.zeros((rows.numel(), len(kept), n_iso), dtype=li.dtype, device=device)
     lcarbon = torch.zeros_like(iso)
     for z in np.unique(charges):
-        group = torch.as_tensor(np.flatnonzero(charges == z), device=device)
-        rep = int(kept[group.cpu().numpy()[np.argmax(p_adduct[kept[group.cpu().numpy()]])]])
+        idx = np.flatnonzero(charges == z)
+        rep = int(kept[idx[np.argmax(p_adduct[kept[idx]])]])  # the charge's commonest adduct
+        group = torch.as_tensor(idx, device=device)
         for s_ in range(n_iso):
             ls = torch.full_like(rows, s_)
             la = torch.full_like(rows, rep)

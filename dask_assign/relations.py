@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from .candidates import run_filling
 from .chem import C13_SPACING
 
 #: Relation kinds.
@@ -178,13 +179,8 @@ def find_relations(mz, rt, maps: RelationMaps, ppm: float, rt_tol: float, anchor
     args = (mz[order], np.asarray(rt, dtype=np.float64)[order], anchor[order],
             np.ascontiguousarray(maps.scale), np.ascontiguousarray(maps.shift), float(ppm),
             float(rt_tol), int(cap))
-    size = 2 * int(anchor.sum()) * max(len(maps), 1) // 4 + 1024  # most runs need less
-    out = [np.empty(size, dtype=np.int64) for _ in range(3)]
-    n = _sweep(*args, *out)
-    if n > size:  # a crowded block: once more, with room for every match
-        out = [np.empty(n, dtype=np.int64) for _ in range(3)]
-        _sweep(*args, *out)
-    q, k, m = (x[:n] for x in out)
+    q, k, m = run_filling(_sweep, args, 2 * int(anchor.sum()) * max(len(maps), 1) // 4 + 1024,
+                          3)
     i, j = order[q], order[k]
     key = np.argsort((i * max(len(maps), 1) + m) * max(mz.size, 1) + j)
     return i[key], j[key], m[key]
