@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 # Threads spin-waiting on a small shared VM make torch many times slower.
 export OMP_WAIT_POLICY ?= passive
 
-.PHONY: demo test lint venv browser clean ipa-env bench-accuracy bench
+.PHONY: demo test lint venv browser clean ipa-env bench-accuracy bench model
 
 $(BIN)/dask-assign: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ ipa-env: .venv-ipa/bin/python
 # Side-by-side accuracy on the shared sets: dask-assign, a nearest-ion rule, IPA.
 bench-accuracy: venv ipa-env
 	$(BIN)/python benchmarks/accuracy.py
+
+# The shipped scorer model: train on sets generated from RepoRT 0187, 0382 and 0027 (needs
+# ../shared), compare with the untrained scorer on held-out sets, install it if it is best.
+model: venv
+	$(BIN)/python benchmarks/learned_scorer.py --install
 
 # The standard benchmark set (minutes): scorer layout, join stage (the bench extra), context
 # pass at 1M peaks. Each prints a table and writes benchmarks/*.json.

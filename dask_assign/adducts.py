@@ -96,7 +96,7 @@ def _table_to_adducts(table: pd.DataFrame, source: str) -> dict[str, Adduct]:
     return out
 
 
-def _read_table(path) -> pd.DataFrame:
+def read_tabular(path) -> pd.DataFrame:
     path = Path(path)
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
@@ -119,14 +119,14 @@ def builtin_adducts(mode: str) -> dict[str, Adduct]:
     >>> len(builtin_adducts("positive")) >= 30 and "[M+H]+" in builtin_adducts("positive")
     True
     """
-    table = _read_table(files("dask_assign") / "data" / "adducts.tsv")
+    table = read_tabular(files("dask_assign") / "data" / "adducts.tsv")
     table = table[table["mode"] == mode]
     return _table_to_adducts(table, "built-in adduct table")
 
 
 def default_adduct_names(mode: str) -> tuple[str, ...]:
     """Names of the adducts searched by default in ``mode``."""
-    table = _read_table(files("dask_assign") / "data" / "adducts.tsv")
+    table = read_tabular(files("dask_assign") / "data" / "adducts.tsv")
     return tuple(table.loc[(table["mode"] == mode) & (table["default"] == "1"), "name"])
 
 
@@ -139,7 +139,7 @@ def read_adducts(path, mode: str | None = None) -> dict[str, Adduct]:
     mode : {"positive", "negative"}, optional
         Keep only rows of this mode when the table has a ``mode`` column.
     """
-    table = _read_table(path)
+    table = read_tabular(path)
     if mode is not None and "mode" in table.columns:
         table = table[table["mode"] == mode]
     adducts = _table_to_adducts(table, str(path))

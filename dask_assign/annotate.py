@@ -73,13 +73,15 @@ class SearchSpace:
 def calibrated_ions(space: SearchSpace, calibration: Calibration, device: str) -> dict:
     """The ion tensors as a run's calibration sees them: the adduct priors it fitted (else the
     table's), and ``mapped_rt``, the library RT mapped to this run, which the RT window is
-    centred on. Built once per partition stage, shared by its batches."""
+    centred on, and ``ppm_offset``, the systematic mass error expected at the ion's m/z.
+    Built once per partition stage, shared by its batches."""
     ions = space.tensors(device)
     if calibration.log_adduct_priors is not None:
         fitted = torch.as_tensor(calibration.log_adduct_priors, dtype=torch.float64,
                                  device=ions["mz"].device)
         ions["log_adduct_prior"] = fitted[ions["adduct"]]
-    ions["mapped_rt"] = calibration.rt_intercept + calibration.rt_slope * ions["rt"]
+    ions["mapped_rt"] = calibration.rt_map(ions["rt"])
+    ions["ppm_offset"] = calibration.mass_offset(ions["mz"])
     return ions
 
 

@@ -2,8 +2,9 @@
 
 Each EM step scores every peak's candidates with the current model (E-step, per partition, in
 parallel) and sums the responsibilities into a few sufficient statistics, from which the
-client updates the model (M-step): mass offset and spread, a linear map from library RT to
-observed RT and the spread around it, and the share of peaks that are none of the library's.
+client updates the model (M-step): the mass offset as a smooth curve of m/z and the spread
+around it, a smooth monotone map from library RT to observed RT and the spread around it, the
+adduct shares, and the share of peaks that are none of the library's.
 """
 
 from __future__ import annotations
@@ -18,21 +19,28 @@ import torch
 from .annotate import SearchSpace, calibrated_ions, peak_tensors, score_in_batches
 from .candidates import batches_by_pairs, range_join, window_bounds
 from .config import AssignConfig, Calibration
+from .curves import Curve, curve_statistics, fit_curve, n_statistics
 from .errors import InputError
 
 log = logging.getLogger(__name__)
 
 #: Sums over peaks that set the run context (spans, intensity scale).
 SUMMARY_COLUMNS = ("n", "mz_min", "mz_max", "rt_min", "rt_max", "li_n", "li_sum", "li_sq")
-#: Sufficient statistics of one EM step (plus one responsibility sum per adduct).
-EM_COLUMNS = ("n", "w", "we", "wee", "rw", "rx", "ry", "rxx", "rxy", "ryy")
+#: Knots of the mass-offset curve (over the peaks' m/z range) and of the RT map (over the
+#: library's RT range): enough for a smooth bend, few enough for a thousand matches.
+MASS_KNOTS = 6
+RT_KNOTS = 12
 #: Pseudo-counts pulling fitted adduct priors toward the table's (keeps rare adducts alive).
 ADDUCT_PSEUDO_COUNT = 5.0
 
 
 def em_columns(space: SearchSpace) -> tuple:
-    """The columns of :func:`em_statistics` for this ion table."""
-    return EM_COLUMNS + tuple(f"adduct_{k}" for k in range(len(space.adduct_names)))
+    """The columns of :func:`em_statistics` for this ion table: peaks, responsibility, the
+    sums of the mass-offset curve and of the RT map, one responsibility sum per adduct."""
+    return (("n", "w")
+            + tuple(f"mass_{k}" for k in range(n_statistics(MASS_KNOTS)))
+            + tuple(f"rt_{k}" for k in range(n_statistics(RT_KNOTS)))
+            + tuple(f"adduct_{k}" for k in range(len(space.adduct_names))))
 
 
 def peak_summary(part) -> pd.DataFrame:
@@ -98,14 +106,20 @@ def run_context(summary: pd.DataFrame, space: SearchSpace, config: AssignConfig)
                       100 * config.ppm)
     rt_span = max(s["rt_max"] - s["rt_min"], 10 * config.rt_window, 1.0)
     log_prior_mass = prior_normaliser(space, p, space.log_adduct_prior)
+    known = space.rt[np.isfinite(space.rt)]
+    rt_lo, rt_hi = (float(known.min()), float(known.max())) if known.size else (0.0, 1.0)
+    mass = Curve.line(p.mass_offset_ppm, 0.0, s["mz_min"] if np.isfinite(s["mz_min"]) else 0.0,
+                      s["mz_max"] if np.isfinite(s["mz_max"]) else 1.0, MASS_KNOTS)
+    rt_map = Curve.line(0.0, 1.0, rt_lo, rt_hi, RT_KNOTS)
     if s["li_n"] >= 2:
         center = s["li_sum"] / s["li_n"]
         scale = math.sqrt(max(s["li_sq"] / s["li_n"] - center * center, 1e-6))
     else:
         center, scale = 0.0, 1.0
     return Calibration(
-        mass_offset_ppm=p.mass_offset_ppm, mass_sigma_ppm=p.mass_sigma_ppm,
-        rt_sigma=p.rt_sigma, null_prior=p.null_prior, rt_span=rt_span,
+        mass_knots=mass.knots, mass_offsets=mass.values, mass_sigma_ppm=p.mass_sigma_ppm,
+        rt_knots=rt_map.knots, rt_values=rt_map.values, rt_sigma=p.rt_sigma,
+        null_prior=p.null_prior, rt_span=rt_span,
         log_volume=math.log(mz_span_ppm * rt_span), log_prior_mass=log_prior_mass,
         log_intensity_center=center, log_intensity_scale=max(scale, 0.1), iterations=0,
     )
@@ -209,7 +223,7 @@ def em_statistics(part, space: SearchSpace, config: AssignConfig,
     Returns
     -------
     pandas.DataFrame
-        One row with ``EM_COLUMNS``.
+        One row with the columns of :func:`em_columns`.
     """
     peaks = peak_tensors(part, config.device)
     scored = score_in_batches(peaks, calibrated_ions(space, calibration, config.device), space,
@@ -217,12 +231,12 @@ def em_statistics(part, space: SearchSpace, config: AssignConfig,
     f = scored.features
     # Undo the unlisted-isomer share: the M-step fits the mixture itself.
     w = (scored.prob / (1 - config.scorer.unlisted_prior)).nan_to_num(0.0)
-    e = f.ppm_error
+    ion_mz = torch.as_tensor(space.mz, device=w.device)[f.ion]
     has_rt = ~torch.isnan(f.ion_rt)
-    rw, x, y = w[has_rt], f.ion_rt[has_rt], f.peak_rt[has_rt]
-    vals = [float(len(part)), w.sum(), (w * e).sum(), (w * e * e).sum(), rw.sum(),
-            (rw * x).sum(), (rw * y).sum(), (rw * x * x).sum(), (rw * x * y).sum(),
-            (rw * y * y).sum()]
+    vals = [float(len(part)), float(w.sum())]
+    vals += curve_statistics(ion_mz, f.ppm_error, w, calibration.mass_knots)
+    vals += curve_statistics(f.ion_rt[has_rt], f.peak_rt[has_rt], w[has_rt],
+                             calibration.rt_knots)
     n_adducts = len(space.adduct_names)
     adduct = torch.as_tensor(space.adduct, device=w.device)[f.ion]
     vals += torch.zeros(n_adducts, dtype=w.dtype, device=w.device).index_add(
@@ -267,23 +281,16 @@ def m_step(stats: dict, calibration: Calibration, config: AssignConfig,
     c = calibration
     if stats["w"] < 5:
         return c  # too few matches to fit anything
-    mu = stats["we"] / stats["w"]
-    sigma = math.sqrt(max(stats["wee"] / stats["w"] - mu * mu, 0.0))
-    sigma = min(max(sigma, 0.2), config.ppm)
-    changes = {"mass_offset_ppm": mu, "mass_sigma_ppm": sigma}
-    rw = stats["rw"]
-    if rw >= 5:
-        mx, my = stats["rx"] / rw, stats["ry"] / rw
-        sxx = stats["rxx"] / rw - mx * mx
-        sxy = stats["rxy"] / rw - mx * my
-        # A slope needs spread in library RT; otherwise a shift alone.
-        b = sxy / sxx if sxx > 1e-3 else 1.0
-        b = min(max(b, 0.5), 2.0)
-        a = my - b * mx
-        resid = (stats["ryy"] / rw - 2 * a * my - 2 * b * stats["rxy"] / rw + a * a
-                 + 2 * a * b * mx + b * b * stats["rxx"] / rw)
-        rt_sigma = min(max(math.sqrt(max(resid, 0.0)), 0.01), config.rt_window)
-        changes.update(rt_intercept=a, rt_slope=b, rt_sigma=rt_sigma)
+    changes = {}
+    mass = fit_curve(_sums(stats, "mass", MASS_KNOTS), c.mass_knots)
+    if mass is not None:
+        changes.update(mass_offsets=mass.curve.values,
+                       mass_sigma_ppm=min(max(mass.sigma, 0.2), config.ppm))
+    # Elution order is kept from library to run: the map is monotone.
+    rt = fit_curve(_sums(stats, "rt", RT_KNOTS), c.rt_knots, monotone=True)
+    if rt is not None:
+        changes.update(rt_values=rt.curve.values,
+                       rt_sigma=min(max(rt.sigma, 0.01), config.rt_window))
     null = 1.0 - stats["w"] / max(stats["n"], 1.0)
     changes["null_prior"] = min(max(null, 0.02), 0.98)
     if space is not None and len(space.mz):
@@ -292,14 +299,22 @@ def m_step(stats: dict, calibration: Calibration, config: AssignConfig,
     return c.replace(**changes, iterations=c.iterations + 1)
 
 
+def _sums(stats: dict, prefix: str, n_knots: int) -> list:
+    return [stats[f"{prefix}_{k}"] for k in range(n_statistics(n_knots))]
+
+
 def converged(old: Calibration, new: Calibration) -> bool:
     """Whether an EM step changed the model by less than what matters to a score."""
-    return (abs(new.mass_offset_ppm - old.mass_offset_ppm) < 0.01
+    return (new.mass_offset.max_difference(old.mass_offset) < 0.01
             and abs(math.log(new.mass_sigma_ppm / old.mass_sigma_ppm)) < 0.01
-            and abs(new.rt_intercept - old.rt_intercept) < 1e-3
-            and abs(new.rt_slope - old.rt_slope) < 1e-4
+            and new.rt_map.max_difference(old.rt_map) < 1e-3
             and abs(math.log(new.rt_sigma / old.rt_sigma)) < 0.01
             and abs(new.null_prior - old.null_prior) < 1e-3)
+
+
+def _shift_range(c: Calibration) -> tuple[float, float]:
+    shifts = np.subtract(c.rt_values, c.rt_knots)
+    return float(shifts.min()), float(shifts.max())
 
 
 def fit_calibration(stats_of, start: Calibration, config: AssignConfig,
@@ -323,9 +338,10 @@ def fit_calibration(stats_of, start: Calibration, config: AssignConfig,
     c = start
     for _ in range(config.em_iterations):
         new = m_step(stats_of(c), c, config, space)
-        log.info("EM %d: mass %+.2f +/- %.2f ppm, RT = %.3f + %.4f x rt_lib +/- %.3f min, "
-                 "null prior %.3f", new.iterations, new.mass_offset_ppm, new.mass_sigma_ppm,
-                 new.rt_intercept, new.rt_slope, new.rt_sigma, new.null_prior)
+        log.info("EM %d: mass %+.2f..%+.2f +/- %.2f ppm, RT shift %+.3f..%+.3f +/- %.3f min, "
+                 "null prior %.3f", new.iterations, min(new.mass_offsets),
+                 max(new.mass_offsets), new.mass_sigma_ppm,
+                 *_shift_range(new), new.rt_sigma, new.null_prior)
         done = new is c or converged(c, new)
         c = new
         if done:

@@ -1,8 +1,10 @@
-"""Command line: ``dask-assign run`` (annotate), ``dask-assign demo`` (the shipped demo)."""
+"""Command line: ``dask-assign run`` (annotate), ``submit`` (a job spec), ``train`` (a scorer
+model), ``evaluate``, ``report`` and ``demo`` (the shipped demo)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -11,6 +13,9 @@ from pathlib import Path
 
 from . import DEMO_DATA
 from .errors import InputError
+
+#: The shipped scorer model (``--model default``); see :mod:`dask_assign.model`.
+DEFAULT_MODEL = "default"
 
 log = logging.getLogger("dask_assign")
 
@@ -46,6 +51,9 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--max-coelution", type=float, default=0.1,
                    help="widest RT difference (min) between ions of one molecule that the "
                    "context pass considers; the tolerance is fitted below it (default 0.1)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="scorer model folder (from 'dask-assign train'); 'default' is the "
+                        "shipped model, 'none' the untrained generative scorer")
     p.add_argument("--columns", type=_columns, help="peak columns, e.g. mz=MZ,rt=RT,peak_id=ID")
     p.add_argument("--partition-size", type=int, default=250_000, help="peaks per partition")
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
@@ -65,10 +73,13 @@ def _add_tls_options(p):
 
 
 def _config(args):
-    from .config import AssignConfig
+    from .config import AssignConfig, ScorerParams
+    from .model import load_model
 
     adducts = tuple(a for a in args.adducts.split(",")) if args.adducts else None
+    model = getattr(args, "model", DEFAULT_MODEL)
     return AssignConfig(
+        scorer=ScorerParams() if model in (None, "none") else load_model(model, ScorerParams()),
         mode=args.mode, adducts=adducts, adduct_table=args.adduct_table, ppm=args.ppm,
         rt_window=args.rt_window, rt_unit=args.rt_unit, library_rt_unit=args.library_rt_unit,
         k_first=min(20, args.k_max), k_max=args.k_max, overflow=args.overflow,
@@ -179,6 +190,66 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _training_sets(args) -> list[tuple]:
+    """(peaks, library, truth, name) of each labeled run named on the command line."""
+    sets = []
+    for folder in args.sets or ():
+        d = Path(folder)
+        files = {}
+        for kind in ("peaks", "library", "truth"):
+            found = [d / f"{kind}{ext}" for ext in (".csv", ".tsv", ".parquet")
+                     if (d / f"{kind}{ext}").exists()]
+            if not found:
+                raise InputError(str(d), f"no {kind}.csv, {kind}.tsv or {kind}.parquet in the "
+                                 "training set folder")
+            files[kind] = found[0]
+        sets.append((files["peaks"], files["library"], files["truth"], d.name))
+    triples = [args.peaks or [], args.library or [], args.truth or []]
+    if len({len(x) for x in triples}) != 1:
+        raise ValueError("--peaks, --library and --truth come in groups of three")
+    sets += [(p, lib, t, Path(p).stem) for p, lib, t in zip(*triples, strict=True)]
+    if not sets:
+        raise ValueError("no training data: give --set DIR or --peaks/--library/--truth")
+    return sets
+
+
+def cmd_train(args) -> int:
+    import datetime
+
+    from . import __version__
+    from .cluster import connect
+    from .model import MODEL_FIELDS, save_model
+    from .training import label_run, train
+
+    config = _config(args)
+    sets = _training_sets(args)
+    address = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    client, cluster = connect(address, args.workers, security=_security(args))
+    try:
+        print(f"dashboard: {client.dashboard_link}", flush=True)
+        with client.as_current():
+            runs = [label_run(p, lib, t, config, name) for p, lib, t, name in sets]
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    params, report = train(runs, start=config.scorer)
+    info = {"trained_on": [{"name": n, "peaks": str(p), "library": str(lib), "truth": str(t)}
+                           for p, lib, t, n in sets],
+            "report": report, "created": datetime.datetime.now(datetime.UTC).isoformat(),
+            "dask_assign": __version__, "settings": json.loads(config.to_json())}
+    path = save_model(params, args.out, info)
+    print(f"{'run':<24}{'peaks':>8}{'log loss before':>17}{'after':>9}")
+    for name, r in report["runs"].items():
+        print(f"{name:<24}{r['peaks']:>8}{r['log_loss_before']:>17.4f}"
+              f"{r['log_loss_after']:>9.4f}")
+    print(f"{'all':<24}{report['peaks']:>8}{report['log_loss_before']:>17.4f}"
+          f"{report['log_loss_after']:>9.4f}")
+    print("weights: " + ", ".join(f"{k}={getattr(params, k):.4g}" for k in MODEL_FIELDS))
+    print(f"model: {path}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report
 
@@ -188,8 +259,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import json
-
     import pandas as pd
 
     from .evaluate import breakdown, evaluate, reliability_png
@@ -247,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", help="reliability diagram PNG (default RESULT/reliability.png)")
     e.add_argument("-v", "--verbose", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+    t = sub.add_parser("train", help="fit the scorer's weights on labeled runs")
+    t.add_argument("--set", dest="sets", action="append",
+                   help="a folder holding peaks, library and truth tables (repeatable)")
+    t.add_argument("--peaks", action="append", help="peak table of a labeled run (repeatable)")
+    t.add_argument("--library", action="append", help="its library (repeatable, in order)")
+    t.add_argument("--truth", action="append",
+                   help="its truth: peak_id, compound_id[, adduct, isotope] (repeatable)")
+    t.add_argument("--out", required=True, help="model folder to write")
+    _add_run_options(t)
+    t.set_defaults(func=cmd_train)
     d = sub.add_parser("demo", help="annotate the shipped demo data and score it")
     d.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     _add_run_options(d)

@@ -5,18 +5,22 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
+
+from .curves import Curve
 
 OVERFLOW_POLICIES = ("prefilter", "rounds", "flag")
 
 
 @dataclass(frozen=True)
 class ScorerParams:
-    """Parameters of the default (untrained) scorer: a generative model of one peak.
+    """Parameters of the scorer; as constructed, the untrained generative model of one peak.
 
     A peak comes from one library ion, or from none ("null"). Each hypothesis has a prior and a
     likelihood of what was measured; the posterior is a softmax over the peak's candidates and
     the null slot. The defaults describe a typical high-resolution instrument and need no
-    training; a learned model (``--model``) replaces them.
+    training. A trained model (:mod:`dask_assign.model`, ``--model``) re-weighs the terms;
+    the one shipped with the package is what :class:`AssignConfig` uses by default.
 
     Attributes
     ----------
@@ -36,6 +40,11 @@ class ScorerParams:
     count_weight : float
         Weight of log(number of candidates); 0 in the generative model (the softmax already
         shares probability among candidates), free for a learned scorer.
+    mass_weight, rt_weight : float
+        Weights of the mass and RT log-likelihoods (1 in the generative model; a learned
+        scorer tempers what the fitted error models claim).
+    bias : float
+        Added to every candidate's logit against the null (0 in the generative model).
     unlisted_prior : float
         Chance that a peak matching a library ion perfectly is an unlisted compound of the same
         formula eluting at the same time (an isomer missing from the library). No single peak
@@ -50,7 +59,18 @@ class ScorerParams:
     adduct_weight: float = 1.0
     intensity_weight: float = 0.0
     count_weight: float = 0.0
+    mass_weight: float = 1.0
+    rt_weight: float = 1.0
+    bias: float = 0.0
     unlisted_prior: float = 0.05
+
+
+@lru_cache(maxsize=1)
+def default_scorer() -> ScorerParams:
+    """The shipped trained model's weights (``dask_assign/data/model``), read once."""
+    from .model import load_model
+
+    return load_model("default")
 
 
 @dataclass(frozen=True)
@@ -94,7 +114,8 @@ class AssignConfig:
     refine_widen : float
         Factor by which the refinement widens the ppm and RT windows.
     scorer : ScorerParams
-        Parameters of the default scorer.
+        Weights of the scorer: by default the shipped trained model
+        (:func:`default_scorer`); ``ScorerParams()`` is the untrained generative scorer.
     calibrate : bool
         Fit the mass and RT error models and the null prior from the data (EM) before scoring.
     max_drift : float
@@ -140,7 +161,7 @@ class AssignConfig:
     overflow: str = "prefilter"
     refine_below: float = 0.5
     refine_widen: float = 2.0
-    scorer: ScorerParams = field(default_factory=ScorerParams)
+    scorer: ScorerParams = field(default_factory=lambda: default_scorer())
     calibrate: bool = True
     max_drift: float = 5.0
     em_iterations: int = 8
@@ -200,10 +221,13 @@ class Calibration:
 
     Attributes
     ----------
-    mass_offset_ppm, mass_sigma_ppm : float
-        Mass error model (ppm).
-    rt_intercept, rt_slope : float
-        Mapping of library RT to expected observed RT (minutes): ``a + b * rt_library``.
+    mass_knots, mass_offsets : tuple of float
+        Systematic mass error (ppm) as a smooth curve of m/z: piecewise linear through
+        ``(mass_knots[i], mass_offsets[i])`` (see :class:`~dask_assign.curves.Curve`).
+    mass_sigma_ppm : float
+        Spread of the mass error around that curve (ppm).
+    rt_knots, rt_values : tuple of float
+        Monotone map of library RT to expected observed RT (minutes), piecewise linear.
     rt_sigma : float
         Spread of observed RT around the mapping (minutes).
     null_prior : float
@@ -223,10 +247,11 @@ class Calibration:
         EM iterations run (0: defaults, not fitted).
     """
 
-    mass_offset_ppm: float = 0.0
+    mass_knots: tuple = (0.0, 1.0)
+    mass_offsets: tuple = (0.0, 0.0)
     mass_sigma_ppm: float = 3.0
-    rt_intercept: float = 0.0
-    rt_slope: float = 1.0
+    rt_knots: tuple = (0.0, 1.0)
+    rt_values: tuple = (0.0, 1.0)
     rt_sigma: float = 0.15
     null_prior: float = 0.5
     rt_span: float = 20.0
@@ -237,6 +262,29 @@ class Calibration:
     log_adduct_priors: tuple | None = None
     iterations: int = 0
 
+    def __post_init__(self):
+        for name in _CURVE_FIELDS:
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if len(self.mass_knots) != len(self.mass_offsets) or len(self.mass_knots) < 2:
+            raise ValueError("mass_knots and mass_offsets: the same length, at least 2")
+        if len(self.rt_knots) != len(self.rt_values) or len(self.rt_knots) < 2:
+            raise ValueError("rt_knots and rt_values: the same length, at least 2")
+
+    @property
+    def mass_offset(self) -> Curve:
+        """The systematic mass error (ppm) as a function of m/z."""
+        return Curve(self.mass_knots, self.mass_offsets)
+
+    @property
+    def rt_map(self) -> Curve:
+        """Expected observed RT as a function of library RT."""
+        return Curve(self.rt_knots, self.rt_values)
+
+    @property
+    def mass_offset_ppm(self) -> float:
+        """The mass offset averaged over the knots (the offset itself when it is flat)."""
+        return float(sum(self.mass_offsets) / len(self.mass_offsets))
+
     def replace(self, **changes) -> Calibration:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
@@ -244,14 +292,25 @@ class Calibration:
     def to_dict(self) -> dict:
         """The fields as a plain dict (for logs and the output folder)."""
         out = dataclasses.asdict(self)
-        if out["log_adduct_priors"] is not None:
-            out["log_adduct_priors"] = list(out["log_adduct_priors"])
+        for name in (*_CURVE_FIELDS, "log_adduct_priors"):
+            if out[name] is not None:
+                out[name] = list(out[name])
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
+        # Written before the curves (a straight RT map and a flat mass offset).
+        if "rt_intercept" in data:
+            a, b = data.pop("rt_intercept"), data.pop("rt_slope", 1.0)
+            data.setdefault("rt_values", (a, a + b))
+        if "mass_offset_ppm" in data:
+            offset = data.pop("mass_offset_ppm")
+            data.setdefault("mass_offsets", (offset, offset))
         if data.get("log_adduct_priors") is not None:
             data["log_adduct_priors"] = tuple(data["log_adduct_priors"])
         return cls(**data)
+
+
+_CURVE_FIELDS = ("mass_knots", "mass_offsets", "rt_knots", "rt_values")

@@ -19,8 +19,12 @@ class PairFeatures:
         Ion of the pair (row of the ion table).
     ppm_error : torch.Tensor
         ``(peak_mz - ion_mz) / ion_mz * 1e6``.
+    ppm_offset : torch.Tensor
+        The run's systematic mass error (ppm) expected at the ion's m/z (its calibration).
     peak_rt, ion_rt : torch.Tensor
         Observed RT and library RT (minutes); ``ion_rt`` is NaN where the library has none.
+    expected_rt : torch.Tensor
+        The library RT mapped to this run (its calibration); NaN where the library has none.
     log_adduct_prior, log_abundance : torch.Tensor
         Of the ion (the adduct's prior share; the isotope peak against the monoisotopic one).
     log_intensity : torch.Tensor
@@ -32,8 +36,10 @@ class PairFeatures:
     peak: torch.Tensor
     ion: torch.Tensor
     ppm_error: torch.Tensor
+    ppm_offset: torch.Tensor
     peak_rt: torch.Tensor
     ion_rt: torch.Tensor
+    expected_rt: torch.Tensor
     log_adduct_prior: torch.Tensor
     log_abundance: torch.Tensor
     log_intensity: torch.Tensor
@@ -57,7 +63,9 @@ def pair_features(peak_idx, ion_idx, peaks: dict, ions: dict) -> PairFeatures:
     peaks : dict of torch.Tensor
         ``mz``, ``rt``, ``intensity`` of the partition's peaks.
     ions : dict of torch.Tensor
-        ``mz``, ``rt``, ``log_adduct_prior``, ``log_abundance`` of the ion table.
+        ``mz``, ``rt``, ``log_adduct_prior``, ``log_abundance`` of the ion table, and its
+        calibration: ``ppm_offset`` and ``mapped_rt`` (from
+        :func:`~dask_assign.annotate.calibrated_ions`).
 
     Returns
     -------
@@ -70,8 +78,10 @@ def pair_features(peak_idx, ion_idx, peaks: dict, ions: dict) -> PairFeatures:
         peak=peak_idx,
         ion=ion_idx,
         ppm_error=(peaks["mz"][peak_idx] - ion_mz) / ion_mz * 1e6,
+        ppm_offset=ions["ppm_offset"][ion_idx],
         peak_rt=peaks["rt"][peak_idx],
         ion_rt=ions["rt"][ion_idx],
+        expected_rt=ions["mapped_rt"][ion_idx],
         log_adduct_prior=ions["log_adduct_prior"][ion_idx],
         log_abundance=ions["log_abundance"][ion_idx],
         log_intensity=torch.log(peaks["intensity"][peak_idx]),

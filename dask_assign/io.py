@@ -53,7 +53,7 @@ MZ_WARN = 5000.0
 RT_SECONDS_THRESHOLD = 60.0
 
 
-def _read_table(path, kind: str) -> tuple[pd.DataFrame, str]:
+def read_tabular(path, kind: str) -> tuple[pd.DataFrame, str]:
     """Read a CSV, TSV or Parquet file; return the frame and what its row numbers count."""
     path = Path(path)
     if not path.exists():
@@ -470,7 +470,7 @@ def read_library(path, columns=None, rt_unit: str = "min") -> pd.DataFrame:
         The library is small next to the peaks, so it stays a pandas frame on the client.
     """
     source = str(path)
-    frame, unit = _read_table(path, "library")
+    frame, unit = read_tabular(path, "library")
     cols = _resolve_columns(frame, LIBRARY_ALIASES, columns, ("compound_id",), source)
     if "formula" not in cols and "monoisotopic_mass" not in cols:
         raise InputError(source, "need a 'formula' or a 'monoisotopic_mass' column; found "

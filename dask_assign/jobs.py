@@ -14,6 +14,7 @@ Example (``jobs/demo.yaml``)::
     settings:
       mode: positive
       ppm: 10
+      model: default    # or none (the untrained scorer), or a model folder
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import AssignConfig
+from .config import AssignConfig, ScorerParams
 from .errors import InputError
+from .model import load_model
 
 JOB_KEYS = {"peaks", "library", "out", "format", "scheduler", "workers", "columns", "settings",
             "name"}
@@ -35,6 +37,7 @@ SETTING_TYPES = {
     "overflow": str, "refine_below": float, "refine_widen": float, "calibrate": bool,
     "em_iterations": int, "partition_size": int, "context": bool, "max_coelution": float,
     "context_weight": float, "context_noise_share": float, "isotope_ratio_sigma": float,
+    "model": str,
 }
 
 
@@ -120,6 +123,14 @@ def load_job(path, allow=()) -> Job:
         kwargs[key] = tuple(value) if want is list else value
     if "adduct_table" in kwargs:
         kwargs["adduct_table"] = str(_path(settings, "adduct_table", source, roots, True))
+    model = kwargs.pop("model", "default")
+    if model == "none":
+        kwargs["scorer"] = ScorerParams()
+    elif model != "default":
+        try:
+            kwargs["scorer"] = load_model(_path(settings, "model", source, roots, True))
+        except InputError as err:
+            raise InputError(str(source), f"'model': {err}") from None
     try:
         config = AssignConfig(**kwargs)
     except (TypeError, ValueError) as err:

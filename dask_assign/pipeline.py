@@ -243,8 +243,9 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig) -> 
         found = drift_from_votes(votes, config)
         if found is not None:
             # Start EM from the voted map, with an RT spread as wide as one vote bin allows.
-            start = start.replace(rt_intercept=found[0], rt_slope=found[1],
-                                  rt_sigma=max(start.rt_sigma, 2 * DRIFT_BIN))
+            start = start.replace(
+                rt_values=tuple(found[0] + found[1] * k for k in start.rt_knots),
+                rt_sigma=max(start.rt_sigma, 2 * DRIFT_BIN))
             log.info("RT drift search: run RT = %.3f + %.3f x library RT", *found)
 
     fraction = min(1.0, EM_SAMPLE / max(float(summary["n"].sum()), 1.0))
@@ -260,7 +261,9 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig) -> 
     return fit_calibration(stats_of, start, config, space)
 
 
-def _as_ddf(peaks, config: AssignConfig) -> dd.DataFrame:
+def as_dask_frame(peaks, config: AssignConfig) -> dd.DataFrame:
+    """Peaks as a dask dataframe: a file is read and checked (:func:`~dask_assign.io.read_peaks`),
+    a pandas frame is split and moved to the configured backend, a dask frame is kept."""
     if isinstance(peaks, dd.DataFrame):
         return peaks
     if isinstance(peaks, pd.DataFrame):
@@ -300,7 +303,7 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     is in ``dask_assign/data/demo``. ``tests/test_pipeline.py`` runs it on a LocalCluster.
     """
     config = config or AssignConfig()
-    ddf = _as_ddf(peaks, config)
+    ddf = as_dask_frame(peaks, config)
     space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
         if calibration is None:
@@ -315,7 +318,7 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration,
                client=None) -> dd.DataFrame:
     """The long candidates table (lazy), for the same settings and calibration as
     :func:`assign`."""
-    ddf = _as_ddf(peaks, config)
+    ddf = as_dask_frame(peaks, config)
     space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
         blocks = rt_blocks(ddf, config)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import Calibration
 from .evaluate import correctness, evaluate
 
 #: Points drawn at most in a scatter plot (a sample of the calls beyond that).
@@ -40,7 +41,7 @@ def read_table(folder: Path, name: str) -> pd.DataFrame:
     raise FileNotFoundError(f"{folder}: no {name}.parquet or {name}.csv (not a result folder)")
 
 
-def _figures(a: pd.DataFrame, cal: dict, scores: dict | None, graded) -> dict:
+def _figures(a: pd.DataFrame, cal: Calibration, scores: dict | None, graded) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,14 +53,17 @@ def _figures(a: pd.DataFrame, cal: dict, scores: dict | None, graded) -> dict:
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.scatter(shown["mz"], shown["ppm_error"], s=4, alpha=0.4, c=shown["prob"], cmap="viridis")
-    ax.axhline(cal.get("mass_offset_ppm", 0.0), color="crimson", lw=1, label="fitted offset")
+    grid = np.linspace(shown["mz"].min(), shown["mz"].max(), 200) if len(shown) else []
+    if len(grid):
+        ax.plot(grid, cal.mass_offset(grid), color="crimson", lw=1, label="fitted offset")
     ax.set(xlabel="m/z", ylabel="mass error (ppm)", title="Mass error of the calls")
-    ax.legend(loc="upper right")
+    if len(grid):
+        ax.legend(loc="upper right")
     figs["Mass error against m/z"] = _png(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     lib_rt = shown["rt"] - shown["rt_error"]
-    expected = cal.get("rt_intercept", 0.0) + cal.get("rt_slope", 1.0) * lib_rt
+    expected = cal.rt_map(lib_rt.to_numpy(dtype=np.float64))
     ax.scatter(shown["rt"], shown["rt"] - expected, s=4, alpha=0.4, c=shown["prob"],
                cmap="viridis")
     ax.axhline(0, color="crimson", lw=1)
@@ -171,7 +175,7 @@ def write_report(result_dir, out=None, truth=None) -> Path:
     if truth is not None:
         t = pd.read_csv(truth, dtype=str)
         scores, graded = evaluate(a, t), correctness(a, t)
-    figures = _figures(a, cal, scores, graded)
+    figures = _figures(a, Calibration.from_dict(cal) if cal else Calibration(), scores, graded)
     called = a[a["compound_id"].notna()]
     adducts = (called.groupby("adduct")["prob"].agg(["size", "mean"]).reset_index()
                .sort_values("size", ascending=False))

@@ -19,6 +19,10 @@ from .config import Calibration, ScorerParams
 from .features import PairFeatures
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+#: The scorer's weights that a model file holds (fields of ScorerParams); everything else
+#: the scorer uses comes from the run's calibration.
+LEARNED_WEIGHTS = ("mass_weight", "rt_weight", "adduct_weight", "isotope_weight",
+                   "intensity_weight", "count_weight", "bias")
 
 
 class PeakScorer(torch.nn.Module):
@@ -27,7 +31,7 @@ class PeakScorer(torch.nn.Module):
     Parameters
     ----------
     params : ScorerParams
-        Weights of the prior terms.
+        Weights of the terms (``LEARNED_WEIGHTS``).
     calibration : Calibration
         Mass and RT error models, null prior and the prior normaliser of this run.
     """
@@ -40,19 +44,15 @@ class PeakScorer(torch.nn.Module):
         def p(x):
             return torch.nn.Parameter(torch.tensor(float(x), dtype=f64))
 
-        self.mass_offset = p(c.mass_offset_ppm)
-        self.log_mass_sigma = p(math.log(c.mass_sigma_ppm))
-        self.rt_intercept = p(c.rt_intercept)
-        self.rt_slope = p(c.rt_slope)
-        self.log_rt_sigma = p(math.log(c.rt_sigma))
-        self.adduct_weight = p(params.adduct_weight)
-        self.isotope_weight = p(params.isotope_weight)
-        self.intensity_weight = p(params.intensity_weight)
-        self.count_weight = p(params.count_weight)
+        # The run's fitted error models: fixed here; a learned scorer weighs their terms.
+        self.mass_sigma = float(c.mass_sigma_ppm)
+        self.rt_sigma = float(c.rt_sigma)
+        for name in LEARNED_WEIGHTS:
+            setattr(self, name, p(getattr(params, name)))
         # Log odds of "this library ion" against "background", before the likelihoods:
         # log((1 - pi0) / pi0) - log(sum of ion prior weights) + log(search space volume).
-        self.bias = p(math.log((1 - c.null_prior) / c.null_prior) + c.log_volume
-                      - c.log_prior_mass)
+        self.prior_odds = float(math.log((1 - c.null_prior) / c.null_prior) + c.log_volume
+                                - c.log_prior_mass)
         self.log_rt_span = float(math.log(c.rt_span))
         self.intensity_center = float(c.log_intensity_center)
         self.intensity_scale = float(c.log_intensity_scale)
@@ -60,15 +60,14 @@ class PeakScorer(torch.nn.Module):
     def forward(self, f: PairFeatures) -> torch.Tensor:
         """Logit of each pair against the null slot of its peak."""
         dtype = f.ppm_error.dtype
-        sm = torch.exp(self.log_mass_sigma).to(dtype)
-        z = (f.ppm_error - self.mass_offset.to(dtype)) / sm
-        logit = -0.5 * z * z - torch.log(sm) - _LOG_SQRT_2PI
-        srt = torch.exp(self.log_rt_sigma).to(dtype)
-        expected_rt = self.rt_intercept.to(dtype) + self.rt_slope.to(dtype) * f.ion_rt
-        zr = (f.peak_rt - expected_rt) / srt
-        rt_term = -0.5 * zr * zr - torch.log(srt) - _LOG_SQRT_2PI
+        z = (f.ppm_error - f.ppm_offset) / self.mass_sigma
+        mass_term = -0.5 * z * z - math.log(self.mass_sigma) - _LOG_SQRT_2PI
+        zr = (f.peak_rt - f.expected_rt) / self.rt_sigma
+        rt_term = -0.5 * zr * zr - math.log(self.rt_sigma) - _LOG_SQRT_2PI
         # Without a library RT the RT says nothing: the same density as the background's.
-        logit = logit + torch.where(torch.isnan(f.ion_rt), -self.log_rt_span, rt_term)
+        rt_term = torch.where(torch.isnan(f.ion_rt), -self.log_rt_span,
+                              self.rt_weight.to(dtype) * rt_term)
+        logit = self.mass_weight.to(dtype) * mass_term + rt_term
         logit = logit + self.adduct_weight.to(dtype) * f.log_adduct_prior
         logit = logit + self.isotope_weight.to(dtype) * f.log_abundance
         # Intensity: an isotope peak should be weaker than its monoisotopic one by the predicted
@@ -78,7 +77,7 @@ class PeakScorer(torch.nn.Module):
         inten = 0.5 * (li * li - shifted * shifted)
         logit = logit + self.intensity_weight.to(dtype) * torch.nan_to_num(inten, nan=0.0)
         logit = logit + self.count_weight.to(dtype) * f.log_count
-        return logit + self.bias.to(dtype)
+        return logit + self.prior_odds + self.bias.to(dtype)
 
 
 def segment_softmax(logits: torch.Tensor, segment: torch.Tensor, n_segments: int,

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dask_assign.adducts import select_adducts
+from dask_assign.config import AssignConfig, ScorerParams
 from dask_assign.errors import InputError
 from dask_assign.io import load_peaks, read_library, read_peaks
 from dask_assign.jobs import load_job
@@ -190,6 +191,14 @@ JOB_CASES = [
     ("missing input file", "peaks: data/none.csv\nlibrary: data/library.csv\nout: r\n",
      ("error", None, "'peaks' file not found")),
     ("bad format", GOOD + "format: xlsx\n", ("error", None, "'format' must be")),
+    ("untrained scorer", GOOD + "settings:\n  model: none\n",
+     ("ok", lambda job: job.config.scorer == ScorerParams())),
+    ("shipped model", GOOD + "settings:\n  model: default\n",
+     ("ok", lambda job: job.config.scorer == AssignConfig().scorer != ScorerParams())),
+    ("model outside the folder", GOOD + "settings:\n  model: /tmp\n",
+     ("error", None, "'model' points outside")),
+    ("model that is not one", GOOD + "settings:\n  model: data\n",
+     ("error", None, "not a model folder")),
 ]
 
 

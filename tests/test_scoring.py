@@ -79,8 +79,9 @@ def test_default_scorer_prefers_small_errors_and_counts_rt_only_when_known():
         t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
         return PairFeatures(
             peak=torch.zeros(len(ppm), dtype=torch.int64),
-            ion=torch.arange(len(ppm)), ppm_error=t(ppm), peak_rt=t([5.0] * len(ppm)),
-            ion_rt=t(ion_rt), log_adduct_prior=t([0.0] * len(ppm)),
+            ion=torch.arange(len(ppm)), ppm_error=t(ppm), ppm_offset=t([0.0] * len(ppm)),
+            peak_rt=t([5.0] * len(ppm)), ion_rt=t(ion_rt), expected_rt=t(ion_rt),
+            log_adduct_prior=t([0.0] * len(ppm)),
             log_abundance=t([0.0] * len(ppm)), log_intensity=t([nan] * len(ppm)),
             log_count=t([0.0] * len(ppm)))
 

@@ -1,0 +1,145 @@
+"""Scorer model files: the learned weights as safetensors, their provenance as JSON.
+
+A model is a folder with two files: ``weights.safetensors`` (one float64 scalar per weight of
+:data:`~dask_assign.scoring.LEARNED_WEIGHTS`, plus ``unlisted_prior``) and ``model.json``
+(format, version, what it was trained on, how well it did). Never pickle: a model file can
+come from anywhere, and loading it must not run code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import fields
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+
+from .config import ScorerParams
+from .errors import InputError
+from .scoring import LEARNED_WEIGHTS
+
+FORMAT = "dask-assign scorer"
+VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "model.json"
+#: What a model file sets: the learned weights and the unlisted-isomer share.
+MODEL_FIELDS = (*LEARNED_WEIGHTS, "unlisted_prior")
+#: The model shipped with the package (see its model.json for how it was made).
+DEFAULT_MODEL = "default"
+
+
+def default_model_path() -> Path:
+    """Folder of the shipped default model."""
+    return Path(str(files("dask_assign") / "data" / "model"))
+
+
+def save_model(params: ScorerParams, path, info: dict | None = None) -> Path:
+    """Write a model folder atomically (a complete folder appears, or none).
+
+    Parameters
+    ----------
+    params : ScorerParams
+        Only the ``MODEL_FIELDS`` are written.
+    path : str or Path
+        The model folder (replaced if it exists).
+    info : dict, optional
+        Provenance and scores, stored in ``model.json`` under ``training``.
+
+    Returns
+    -------
+    Path
+    """
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save_file({name: torch.tensor([float(getattr(params, name))], dtype=torch.float64)
+                   for name in MODEL_FIELDS}, str(staging / WEIGHTS_FILE),
+                  metadata={"format": FORMAT, "version": str(VERSION)})
+        config = {"format": FORMAT, "version": VERSION, "weights": list(MODEL_FIELDS),
+                  "values": {name: float(getattr(params, name)) for name in MODEL_FIELDS},
+                  "training": info or {}}
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def load_model(path, base: ScorerParams | None = None) -> ScorerParams:
+    """Read a model folder into scorer parameters.
+
+    Parameters
+    ----------
+    path : str or Path
+        A folder written by :func:`save_model`, or ``"default"`` for the shipped model.
+    base : ScorerParams, optional
+        Parameters the model does not set are taken from here (the defaults otherwise).
+
+    Returns
+    -------
+    ScorerParams
+
+    Raises
+    ------
+    InputError
+        Naming the file and the weight that is missing, malformed or not finite.
+
+    Examples
+    --------
+    >>> params = load_model("default")
+    >>> 0 < params.unlisted_prior < 1
+    True
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = default_model_path() if str(path) == DEFAULT_MODEL else Path(path)
+    weights_file, config_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+    for f in (weights_file, config_file):
+        if not f.is_file():
+            raise InputError(str(folder), f"not a model folder: {f.name} is missing")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(str(config_file), f"not valid JSON ({e})") from None
+    if config.get("format") != FORMAT or config.get("version") != VERSION:
+        raise InputError(str(config_file), f"not a {FORMAT} model of version {VERSION} "
+                         f"(format {config.get('format')!r}, version {config.get('version')!r})")
+    try:
+        tensors = load_file(str(weights_file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(str(weights_file), f"not a safetensors file ({e})") from None
+    values = {}
+    for name in MODEL_FIELDS:
+        t = tensors.get(name)
+        if t is None:
+            raise InputError(str(weights_file), "weight missing", column=name)
+        if t.numel() != 1 or not t.dtype.is_floating_point:
+            raise InputError(str(weights_file), f"expected one float, found shape "
+                             f"{tuple(t.shape)} of {t.dtype}", column=name)
+        v = float(t.reshape(()))
+        if not math.isfinite(v):
+            raise InputError(str(weights_file), f"weight is {v}", column=name)
+        values[name] = v
+    if not 0 <= values["unlisted_prior"] < 1:
+        raise InputError(str(weights_file), "must lie in [0, 1)", column="unlisted_prior")
+    base = base or ScorerParams()
+    known = {f.name for f in fields(ScorerParams)}
+    return ScorerParams(**{**{k: getattr(base, k) for k in known}, **values})
+
+
+def model_info(path) -> dict:
+    """The ``model.json`` of a model folder (or of ``"default"``)."""
+    folder = default_model_path() if str(path) == DEFAULT_MODEL else Path(path)
+    return json.loads((folder / CONFIG_FILE).read_text())

@@ -1,0 +1,243 @@
+"""Learning the scorer's weights from labeled runs (``dask-assign train``).
+
+Each labeled run is calibrated exactly as ``run`` calibrates it (EM on the run's own data);
+its first-pass candidates are gathered with their features and marked right or wrong from the
+truth. The weights of :data:`~dask_assign.scoring.LEARNED_WEIGHTS` and the unlisted-isomer
+share are then fitted to all runs at once by maximum likelihood: each peak's probability of
+its true slot (the right candidate, or "not in library") under the same segment softmax the
+pipeline uses. The fitted error models stay per run; the weights say how far to trust them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .annotate import calibrated_ions, peak_tensors
+from .candidates import range_join
+from .config import AssignConfig, Calibration, ScorerParams
+from .errors import InputError
+from .features import PairFeatures, pair_features
+from .io import read_tabular
+from .ions import ISOTOPE_LABELS
+from .pipeline import as_dask_frame, calibrate, prepare_library
+from .scoring import LEARNED_WEIGHTS, PeakScorer
+
+log = logging.getLogger(__name__)
+
+#: How truth tables write the monoisotopic peak (besides leaving it empty).
+MONOISOTOPIC = ("M+0", "M0", "12C", "0")
+#: Pull of each weight toward its generative value (per peak of training data): keeps weights
+#: that the data hardly inform where the model put them.
+L2_PULL = 1e-3
+
+
+@dataclass
+class LabeledRun:
+    """One labeled run, ready for training.
+
+    Attributes
+    ----------
+    name : str
+    calibration : Calibration
+        Fitted on the run, as ``run`` would.
+    features : PairFeatures
+        Every candidate in the first-pass windows.
+    right : torch.Tensor (bool)
+        Whether each candidate is the peak's true ion.
+    labeled : torch.Tensor (bool)
+        Per peak: whether the truth covers it.
+    """
+
+    name: str
+    calibration: Calibration
+    features: PairFeatures
+    right: torch.Tensor
+    labeled: torch.Tensor
+
+    @property
+    def n_peaks(self) -> int:
+        return int(self.labeled.shape[0])
+
+
+def read_truth(path) -> pd.DataFrame:
+    """A truth table: ``peak_id``, ``compound_id`` (empty: not in library), and optionally
+    ``adduct`` and ``isotope`` (empty or ``M+0``, ``13C1``, ``13C2``).
+
+    Raises
+    ------
+    InputError
+        When a required column is missing or a peak id repeats.
+    """
+    if isinstance(path, pd.DataFrame):
+        frame, source = path.astype("string"), "truth table"
+    else:
+        frame, _ = read_tabular(path, "truth")
+        source = str(path)
+    for column in ("peak_id", "compound_id"):
+        if column not in frame.columns:
+            raise InputError(source, "required column missing", column=column)
+    dup = frame["peak_id"].duplicated(keep=False).to_numpy()
+    if dup.any():
+        raise InputError(source, "a peak id appears more than once", column="peak_id",
+                         rows=(np.flatnonzero(dup) + 2).tolist(),
+                         values=frame["peak_id"][dup].tolist())
+    return frame
+
+
+def _text(values) -> np.ndarray:
+    """Strings with missing values as ''."""
+    return pd.Series(values, dtype="string").fillna("").to_numpy(dtype=object)
+
+
+def label_run(peaks, library, truth, config: AssignConfig, name: str = "") -> LabeledRun:
+    """Calibrate one run and mark its candidates right or wrong.
+
+    Parameters
+    ----------
+    peaks, library : str, Path or pandas.DataFrame
+        As for :func:`~dask_assign.pipeline.assign`.
+    truth : str, Path or pandas.DataFrame
+        See :func:`read_truth`; ``adduct`` and ``isotope``, where given, must match too.
+    config : AssignConfig
+    name : str
+
+    Returns
+    -------
+    LabeledRun
+    """
+    t = read_truth(truth)
+    space = prepare_library(library, config)
+    ddf = as_dask_frame(peaks, config)
+    calibration = calibrate(ddf, space, config)
+    part = ddf.compute()
+    part = part.to_pandas() if hasattr(part, "to_pandas") else part
+    p = peak_tensors(part, "cpu")
+    ions = calibrated_ions(space, calibration, "cpu")
+    pi, ii = range_join(p["mz"], p["rt"], ions["mz"], ions["mapped_rt"], space.bins,
+                        config.ppm, config.rt_window)
+    feats = pair_features(pi, ii, p, ions)
+
+    rows = pd.Series(np.arange(len(t)), index=t["peak_id"].astype(str).to_numpy())
+    at = rows.reindex(part["peak_id"].astype(str).to_numpy()).to_numpy()
+    labeled = ~np.isnan(at)
+    at = np.where(labeled, at, 0).astype(np.int64)
+    pair_peak, pair_ion = pi.numpy(), ii.numpy()
+    ion_compound = space.compounds["compound_id"].astype(str).to_numpy()[space.compound]
+    right = _text(t["compound_id"])[at][pair_peak] == ion_compound[pair_ion]
+    if "adduct" in t.columns:
+        names = np.asarray(space.adduct_names, dtype=object)
+        right &= _text(t["adduct"])[at][pair_peak] == names[space.adduct[pair_ion]]
+    if "isotope" in t.columns:
+        labels = np.asarray([x or "" for x in ISOTOPE_LABELS], dtype=object)
+        iso = _text(t["isotope"])
+        iso[np.isin(iso, MONOISOTOPIC)] = ""
+        right &= iso[at][pair_peak] == labels[space.isotope[pair_ion]]
+    right &= labeled[pair_peak]
+    if (~labeled).any():
+        log.warning("%s: %d of %d peaks have no truth row; left out of training", name,
+                    int((~labeled).sum()), labeled.size)
+    return LabeledRun(name, calibration, feats, torch.as_tensor(right),
+                      torch.as_tensor(labeled))
+
+
+def _tied_scorers(runs: list[LabeledRun], start: ScorerParams) -> list[PeakScorer]:
+    """One scorer per run (each with its calibration) sharing the learned weights."""
+    scorers = [PeakScorer(start, r.calibration) for r in runs]
+    for s in scorers[1:]:
+        for name in LEARNED_WEIGHTS:
+            setattr(s, name, getattr(scorers[0], name))
+    return scorers
+
+
+def run_nll(scorer: PeakScorer, run: LabeledRun, kappa: torch.Tensor) -> torch.Tensor:
+    """Summed negative log-probability of each labeled peak's true slot (the right
+    candidate, or the null where no candidate is right), with the unlisted share ``kappa``
+    moved to the null as the pipeline does."""
+    f, n = run.features, run.n_peaks
+    logits = scorer(f)
+    top = torch.zeros(n, dtype=logits.dtype).scatter_reduce(
+        0, f.peak, logits.detach(), reduce="amax", include_self=True)
+    total = torch.exp(-top).index_add(0, f.peak, torch.exp(logits - top[f.peak]))
+    log_z = top + torch.log(total)
+    p = torch.exp(logits - log_z[f.peak])
+    p_right = torch.zeros(n, dtype=p.dtype).index_add(0, f.peak[run.right], p[run.right])
+    has_right = torch.zeros(n, dtype=torch.bool)
+    has_right[f.peak[run.right]] = True
+    p_null = torch.exp(-log_z)
+    target = torch.where(has_right, (1 - kappa) * p_right, kappa + (1 - kappa) * p_null)
+    return -torch.log(target.clamp_min(1e-300))[run.labeled].sum()
+
+
+def train(runs: list[LabeledRun], start: ScorerParams | None = None,
+          max_iter: int = 200) -> tuple[ScorerParams, dict]:
+    """Fit the learned weights and the unlisted share to labeled runs.
+
+    Parameters
+    ----------
+    runs : list of LabeledRun
+    start : ScorerParams, optional
+        Starting point and anchor of the L2 pull (the generative defaults).
+    max_iter : int
+        L-BFGS iterations at most.
+
+    Returns
+    -------
+    params : ScorerParams
+    report : dict
+        Mean log loss per peak before and after, per run and overall; iterations; seconds.
+    """
+    start = start or ScorerParams()
+    if not runs or sum(int(r.labeled.sum()) for r in runs) == 0:
+        raise ValueError("no labeled peaks to train on")
+    t0 = time.perf_counter()
+    scorers = _tied_scorers(runs, start)
+    raw_kappa = torch.nn.Parameter(torch.tensor(
+        math.log(start.unlisted_prior / (1 - start.unlisted_prior)), dtype=torch.float64))
+    weights = [getattr(scorers[0], n) for n in LEARNED_WEIGHTS]
+    anchor = torch.tensor([getattr(start, n) for n in LEARNED_WEIGHTS], dtype=torch.float64)
+    n_labeled = sum(int(r.labeled.sum()) for r in runs)
+
+    def losses():
+        kappa = torch.sigmoid(raw_kappa)
+        return [run_nll(s, r, kappa) for s, r in zip(scorers, runs, strict=True)]
+
+    with torch.no_grad():
+        before = [float(v) for v in losses()]
+    opt = torch.optim.LBFGS([*weights, raw_kappa], lr=1.0, max_iter=max_iter,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-9,
+                            tolerance_change=1e-12)
+    steps = [0]
+
+    def closure():
+        opt.zero_grad()
+        pull = ((torch.stack(weights) - anchor) ** 2).sum()
+        loss = sum(losses()) / n_labeled + L2_PULL * pull
+        loss.backward()
+        steps[0] += 1
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        after = [float(v) for v in losses()]
+    learned = {n: float(w.detach()) for n, w in zip(LEARNED_WEIGHTS, weights, strict=True)}
+    learned["unlisted_prior"] = float(torch.sigmoid(raw_kappa.detach()))
+    params = ScorerParams(**{**{f.name: getattr(start, f.name) for f in fields(ScorerParams)},
+                             **learned})
+    per_run = {r.name: {"peaks": int(r.labeled.sum()),
+                        "log_loss_before": b / max(int(r.labeled.sum()), 1),
+                        "log_loss_after": a / max(int(r.labeled.sum()), 1)}
+               for r, b, a in zip(runs, before, after, strict=True)}
+    report = {"peaks": n_labeled, "runs": per_run,
+              "log_loss_before": sum(before) / n_labeled,
+              "log_loss_after": sum(after) / n_labeled,
+              "evaluations": steps[0], "seconds": time.perf_counter() - t0}
+    log.info("trained on %d peaks of %d runs: log loss %.4f -> %.4f", n_labeled, len(runs),
+             report["log_loss_before"], report["log_loss_after"])
+    return params, report
