@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 # Threads spin-waiting on a small shared VM make torch many times slower.
 export OMP_WAIT_POLICY ?= passive
 
-.PHONY: demo test lint venv browser clean ipa-env bench-accuracy bench model
+.PHONY: demo test lint venv browser clean ipa-env openms-env bench-accuracy bench-openms bench model
 
 $(BIN)/dask-assign: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ ipa-env: .venv-ipa/bin/python
 	$(PYTHON) -m venv .venv-ipa
 	.venv-ipa/bin/pip install "ipapy2==1.4.0" "pandas<3"
 
+# The peer pyOpenMS (AccurateMassSearch) in its own environment.
+openms-env: .venv-openms/bin/python
+.venv-openms/bin/python:
+	$(PYTHON) -m venv .venv-openms
+	.venv-openms/bin/pip install "pyopenms==3.6.0" psutil
+
+# dask-assign vs pyOpenMS AccurateMassSearch at 1e3, 1e4, 1e5 features, same run.
+bench-openms: venv openms-env
+	$(BIN)/python benchmarks/vs_pyopenms.py 1000 10000 100000
+
 # Side-by-side accuracy on the shared sets: dask-assign, a nearest-ion rule, IPA.
 bench-accuracy: venv ipa-env
 	$(BIN)/python benchmarks/accuracy.py
@@ -58,4 +68,4 @@ lint: venv
 	$(BIN)/ruff check dask_assign tests benchmarks
 
 clean:
-	rm -rf $(VENV) .venv-ipa build *.egg-info demo-output
+	rm -rf $(VENV) .venv-ipa .venv-openms build *.egg-info demo-output

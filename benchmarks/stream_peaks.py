@@ -48,11 +48,13 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_cli(peaks: Path, library: Path, out: Path, every: float = 0.5) -> tuple[float, int]:
-    """``dask-assign run`` on 2 workers; wall seconds and the peak summed RSS of its whole
-    process tree (client, nannies, workers), sampled every ``every`` seconds."""
+def run_cli(peaks: Path, library: Path, out: Path, every: float = 0.5,
+            extra: tuple = ()) -> tuple[float, int]:
+    """``dask-assign run`` on 2 workers (plus ``extra`` options); wall seconds and the peak
+    summed RSS of its whole process tree (client, nannies, workers), sampled every ``every``
+    seconds."""
     cmd = [sys.executable, "-m", "dask_assign.cli", "run", str(peaks), str(library),
-           "--out", str(out), "--workers", "2"]
+           "--out", str(out), "--workers", "2", *extra]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     watched, peak = psutil.Process(proc.pid), 0

@@ -60,6 +60,9 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: "
                    "$DASK_SCHEDULER_ADDRESS, else a new local cluster)")
     p.add_argument("--workers", type=int, help="worker processes of the local cluster")
+    p.add_argument("--gpu", action="store_true",
+                   help="run on the GPUs: a dask-cuda LocalCUDACluster (one worker per GPU), "
+                        "CUDA kernels, cudf partitions where RAPIDS is installed")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run with the same inputs and settings")
     _add_tls_options(p)
@@ -85,6 +88,7 @@ def _config(args):
         k_first=min(20, args.k_max), k_max=args.k_max, overflow=args.overflow,
         calibrate=not args.no_calibrate, partition_size=args.partition_size,
         context=not args.no_context, max_coelution=args.max_coelution,
+        device="cuda" if getattr(args, "gpu", False) else "cpu",
     )
 
 
@@ -101,13 +105,22 @@ def _run(args, peaks, library, out, config=None, columns=None, fmt=None, schedul
     config = config or _config(args)
     columns = columns if columns is not None else args.columns
     space = prepare_library(library, config)
+    gpu = config.device.startswith("cuda")
+    if gpu:
+        from .cluster import cuda_devices
+
+        if cuda_devices() == 0:
+            raise ValueError("--gpu: no CUDA device found (torch.cuda.device_count() is 0)")
     workdir = input_path(out)
     try:
         ddf = read_peaks(peaks, columns=columns, rt_unit=config.rt_unit,
                          partition_size=config.partition_size, workdir=workdir)
+        if gpu and _cudf_usable():
+            ddf = ddf.to_backend("cudf")  # else pandas partitions, moved to the GPU by torch
         # The dask-kubernetes operator tells a DaskJob pod its scheduler this way.
         address = args.scheduler or scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
-        client, cluster = connect(address, args.workers or workers, security=_security(args))
+        client, cluster = connect(address, args.workers or workers, security=_security(args),
+                                  gpu=gpu and not address)
         try:
             print(f"dashboard: {client.dashboard_link}", flush=True)
             summary = run(ddf, space, out, config, client=client, fmt=fmt or args.format,
@@ -121,6 +134,16 @@ def _run(args, peaks, library, out, config=None, columns=None, fmt=None, schedul
         shutil.rmtree(workdir, ignore_errors=True)
     summary["dashboard"] = client.dashboard_link
     return summary
+
+
+def _cudf_usable() -> bool:
+    """Whether cudf imports (checked only once a CUDA device was found)."""
+    try:
+        import cudf  # noqa: F401
+        import dask_cudf  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _security(args):

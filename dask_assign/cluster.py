@@ -1,4 +1,5 @@
-"""Connecting to a Dask cluster: a LocalCluster by default, or an existing scheduler."""
+"""Connecting to a Dask cluster: a LocalCluster by default, a dask-cuda LocalCUDACluster with
+``gpu=True`` (one worker per GPU), or an existing scheduler."""
 
 from __future__ import annotations
 
@@ -29,8 +30,70 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
+class TorchOnRMM(WorkerPlugin):
+    """Make torch allocate from the worker's RMM pool, so cudf and torch share one pool
+    instead of each reserving its own (only where RAPIDS is installed)."""
+
+    name = "dask-assign-torch-rmm"
+
+    def setup(self, worker):
+        import torch
+
+        try:
+            from rmm.allocators.torch import rmm_torch_allocator
+        except ImportError:  # no RAPIDS on this worker: torch keeps its caching allocator
+            return
+        try:
+            torch.cuda.memory.change_current_allocator(rmm_torch_allocator)
+        except RuntimeError:  # torch already allocated on the device: keep its allocator
+            log.warning("torch allocated before the RMM allocator could be set")
+
+
+def cuda_devices() -> int:
+    """How many CUDA devices this process can use: a device query, not an import check (a
+    cudf that imports does not mean a GPU is there)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken driver reads as no device
+        return 0
+
+
+def gpu_cluster(workers: int | None, security=None, rmm_pool_size: str | None = "auto"):
+    """A dask-cuda ``LocalCUDACluster``: one worker per GPU (or ``workers``), bound to
+    127.0.0.1, with an RMM pool where RAPIDS is installed.
+
+    Raises
+    ------
+    ValueError
+        When no CUDA device is found or dask-cuda is missing (the ``gpu`` extra).
+    """
+    n = cuda_devices()
+    if n == 0:
+        raise ValueError("--gpu: no CUDA device found (torch.cuda.device_count() is 0)")
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise ValueError("--gpu needs dask-cuda: pip install 'dask-assign[gpu]'") from None
+    kwargs = {}
+    try:
+        import rmm  # noqa: F401
+
+        if rmm_pool_size:
+            # Most of each GPU as one pool, shared by cudf and (through the plugin) torch.
+            kwargs["rmm_pool_size"] = "0.8" if rmm_pool_size == "auto" else rmm_pool_size
+    except ImportError:
+        pass
+    visible = ",".join(str(i) for i in range(min(workers or n, n)))
+    return LocalCUDACluster(CUDA_VISIBLE_DEVICES=visible, threads_per_worker=1,
+                            host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                            security=security, **kwargs)
+
+
 def connect(scheduler: str | None = None, workers: int | None = None,
-            threads_per_worker: int = 1, memory_limit="auto", security=None):
+            threads_per_worker: int = 1, memory_limit="auto", security=None,
+            gpu: bool = False):
     """A client on an existing scheduler, or on a new LocalCluster of worker processes.
 
     Parameters
@@ -45,6 +108,9 @@ def connect(scheduler: str | None = None, workers: int | None = None,
         Per worker, as distributed understands it.
     security : distributed.Security, optional
         TLS settings for both cases.
+    gpu : bool
+        Start a dask-cuda ``LocalCUDACluster`` (one worker per GPU, at most ``workers``)
+        instead of a LocalCluster; see :func:`gpu_cluster`.
 
     Returns
     -------
@@ -65,6 +131,10 @@ def connect(scheduler: str | None = None, workers: int | None = None,
     if scheduler:
         client = Client(scheduler, security=security)
         cluster = None
+    elif gpu:
+        cluster = gpu_cluster(workers, security)
+        client = Client(cluster, security=security)
+        client.register_plugin(TorchOnRMM())
     else:
         n = workers or max(1, min(os.cpu_count() or 1, 4))
         cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,

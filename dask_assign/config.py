@@ -201,6 +201,8 @@ class AssignConfig:
             raise ValueError("context_noise_share must lie strictly between 0 and 1")
         if not self.isotope_ratio_sigma > 0 or self.context_weight < 0:
             raise ValueError("need isotope_ratio_sigma > 0 and context_weight >= 0")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {self.device!r}")
         if self.adducts is not None:
             object.__setattr__(self, "adducts", tuple(self.adducts))
 

@@ -37,7 +37,7 @@ SETTING_TYPES = {
     "overflow": str, "refine_below": float, "refine_widen": float, "calibrate": bool,
     "em_iterations": int, "partition_size": int, "context": bool, "max_coelution": float,
     "context_weight": float, "context_noise_share": float, "isotope_ratio_sigma": float,
-    "model": str,
+    "model": str, "device": str,
 }
 
 

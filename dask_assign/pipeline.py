@@ -192,9 +192,30 @@ def add_context(result, block, space, config, calibration, model):
     return apply_context(result, block, core_rows, space, config, calibration, model)
 
 
-def annotated_blocks(blocks: list, space, config, calibration, model) -> list:
-    """One delayed :class:`~dask_assign.annotate.PartitionResult` per block."""
-    space_key = dask.delayed(space, pure=True)
+def on_workers(obj):
+    """``obj`` as a task argument that is sent once: persisted on the cluster when a
+    distributed client is current, so later graphs name it instead of carrying it (the
+    search space of a large library is tens of MB); else a delayed literal of the graph.
+
+    Persisted, not scattered: the scheduler keeps the task that makes it, so a worker lost
+    mid-run costs a recomputation, not the run (scattered data cannot be recovered)."""
+    value = dask.delayed(obj, pure=True)
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return value
+    # Sent once on purpose: distributed's warning about a large graph does not apply.
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "2GB"}):
+        return client.persist(value)
+
+
+def annotated_blocks(blocks: list, space, config, calibration, model,
+                     space_key=None) -> list:
+    """One delayed :class:`~dask_assign.annotate.PartitionResult` per block (``space_key``:
+    the space as :func:`on_workers` gives it; made here when omitted)."""
+    space_key = on_workers(space) if space_key is None else space_key
     out = []
     for block in blocks:
         scored = dask.delayed(join_and_score)(block, space_key, config, calibration)
@@ -224,17 +245,19 @@ def _collect(frames: dd.DataFrame) -> pd.DataFrame:
     return total.to_pandas() if hasattr(total, "to_pandas") else total
 
 
-def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig) -> Calibration:
+def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig,
+              space_key=None) -> Calibration:
     """The run's calibration: defaults from the data's ranges, then EM if ``config.calibrate``.
 
-    Runs on whatever scheduler is active (a distributed client when one is connected).
+    Runs on whatever scheduler is active (a distributed client when one is connected);
+    ``space_key`` is the space as :func:`on_workers` gives it (made here when omitted).
     """
-    space_key = dask.delayed(space, pure=True)
     summary = _collect(peaks.map_partitions(summarize_peaks,
                                         meta={c: "float64" for c in SUMMARY_COLUMNS}))
     start = run_context(summary, space, config)
     if not config.calibrate:
         return start
+    space_key = on_workers(space) if space_key is None else space_key
     if config.max_drift > 0 and np.isfinite(space.rt).any():
         fraction = min(1.0, DRIFT_SAMPLE / max(float(summary["n"].sum()), 1.0))
         votes = _collect(peaks.map_partitions(drift_search, space_key, config, fraction,
@@ -306,12 +329,13 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     ddf = as_dask_frame(peaks, config)
     space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
+        space_key = on_workers(space)
         if calibration is None:
-            calibration = calibrate(ddf, space, config)
+            calibration = calibrate(ddf, space, config, space_key)
         blocks = rt_blocks(ddf, config)
         model = context_model(blocks, config, calibration)
-    return _table(annotated_blocks(blocks, space, config, calibration, model), space, 0,
-                  ASSIGNMENT_DTYPES, ddf)
+    return _table(annotated_blocks(blocks, space, config, calibration, model, space_key),
+                  space_key, 0, ASSIGNMENT_DTYPES, ddf)
 
 
 def candidates(peaks, library, config: AssignConfig, calibration: Calibration,
@@ -321,17 +345,18 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration,
     ddf = as_dask_frame(peaks, config)
     space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
+        space_key = on_workers(space)
         blocks = rt_blocks(ddf, config)
         model = context_model(blocks, config, calibration)
-    return _table(annotated_blocks(blocks, space, config, calibration, model), space, 1,
-                  CANDIDATE_DTYPES, ddf)
+    return _table(annotated_blocks(blocks, space, config, calibration, model, space_key),
+                  space_key, 1, CANDIDATE_DTYPES, ddf)
 
 
-def _table(results, space, which, dtypes, ddf) -> dd.DataFrame:
+def _table(results, space_key, which, dtypes, ddf) -> dd.DataFrame:
     meta = pd.DataFrame({k: pd.Series(dtype=v) for k, v in dtypes.items()})
     if not isinstance(ddf._meta, pd.DataFrame):
         meta = _to_backend_of(ddf._meta, meta)
-    return dd.from_delayed([dask.delayed(block_table)(r, space, which) for r in results],
+    return dd.from_delayed([dask.delayed(block_table)(r, space_key, which) for r in results],
                            meta=meta, verify_meta=False)
 
 
@@ -411,7 +436,7 @@ def package_versions() -> dict:
     return out
 
 
-def write_graph(blocks, space, config, calibration, model, staging, fmt):
+def write_graph(blocks, space, config, calibration, model, staging, fmt, space_key=None):
     """One chain of named tasks per RT block: ``join_and_score`` (join and first pass) ->
     ``refine_partition`` (wider second pass) -> ``add_context`` -> ``write_partition``.
     Blocks that an interrupted run finished are not computed again: their saved summaries
@@ -426,7 +451,7 @@ def write_graph(blocks, space, config, calibration, model, staging, fmt):
     """
     from . import output
 
-    space_key = dask.delayed(space, pure=True)
+    space_key = on_workers(space) if space_key is None else space_key
     summaries, resumed = [], 0
     todo = []
     for i in range(len(blocks)):
@@ -437,7 +462,8 @@ def write_graph(blocks, space, config, calibration, model, staging, fmt):
         else:
             summaries.append(None)
             todo.append(i)
-    results = annotated_blocks([blocks[i] for i in todo], space, config, calibration, model)
+    results = annotated_blocks([blocks[i] for i in todo], space, config, calibration, model,
+                               space_key)
     for i, result in zip(todo, results, strict=True):
         summaries[i] = dask.delayed(output.write_partition)(result, space_key, str(staging),
                                                             fmt, i)
@@ -457,10 +483,11 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
     staging, resumed = output.open_staging(Path(out), fingerprint, resume)
     saved = staging / "calibration.json"
     with client.as_current() if client is not None else nullcontext():
+        space_key = on_workers(space)  # sent to the workers once for the whole run
         if resumed and saved.exists():
             calibration = Calibration.from_dict(json.loads(saved.read_text()))
         else:
-            calibration = calibrate(ddf, space, config)
+            calibration = calibrate(ddf, space, config, space_key)
             output.write_json(saved, calibration.to_dict())
         blocks = rt_blocks(ddf, config)
         saved_model = staging / "context.json"
@@ -472,7 +499,7 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
                 output.write_json(saved_model, model.to_dict())
         t_cal = time.perf_counter()
         summaries, already = write_graph(blocks, space, config, calibration, model, staging,
-                                         fmt)
+                                         fmt, space_key)
         if client is not None:
             futures = client.compute(summaries)
             if progress:
