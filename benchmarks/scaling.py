@@ -1,6 +1,8 @@
 """Whole annotation, end to end through the CLI, at growing sizes: a scaling table.
 
 Run: OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/scaling.py [MAX_PEAKS]
+or: ... benchmarks/scaling.py PEAKSxCOMPOUNDS ... (e.g. ``1e7x2e5``: those rows alone, added to
+benchmarks/scaling.json).
 
 For each size (peaks x compounds: 1e4 x 1e4, 1e5 x 2e4, 1e6 x 1e5, and 1e7 x 2e5 when
 MAX_PEAKS allows) the synthetic run of ``benchmarks/context_pass.py`` is written as Parquet and
@@ -35,8 +37,17 @@ def run_one(n_peaks: int, n_compounds: int) -> dict:
             "assigned": summary["assigned"], "context_changed": summary["context_changed"]}
 
 
-def main(max_peaks: int = 1_000_000):
-    rows = [run_one(n, c) for n, c in SIZES if n <= max_peaks]
+def main(args: list[str]):
+    if any("x" in a for a in args):
+        sizes = [tuple(int(float(v)) for v in a.split("x")) for a in args]
+        old = json.loads(Path(__file__).with_name("scaling.json").read_text()) \
+            if Path(__file__).with_name("scaling.json").exists() else []
+    else:
+        max_peaks = int(float(args[0])) if args else 1_000_000
+        sizes, old = [(n, c) for n, c in SIZES if n <= max_peaks], []
+    rows = [run_one(n, c) for n, c in sizes]
+    rows = [r for r in old if (r["peaks"], r["compounds"]) not in
+            {(x["peaks"], x["compounds"]) for x in rows}] + rows
     print(f"{'peaks':>11} {'compounds':>10} {'wall s':>8} {'pipeline s':>11} {'us/peak':>8} "
           f"{'peak RSS GiB':>13}")
     for r in rows:
@@ -46,4 +57,4 @@ def main(max_peaks: int = 1_000_000):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    main(sys.argv[1:])

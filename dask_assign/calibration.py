@@ -9,6 +9,7 @@ adduct shares, and the share of peaks that are none of the library's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -18,9 +19,10 @@ import torch
 
 from .annotate import SearchSpace, calibrated_ions, peak_tensors, score_in_batches
 from .candidates import batches_by_pairs, range_join, window_bounds
-from .config import AssignConfig, Calibration
+from .config import AssignConfig, Calibration, ScorerParams
 from .curves import Curve, curve_statistics, fit_curve, n_statistics
 from .errors import InputError
+from .scoring import LEARNED_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,20 @@ MASS_KNOTS = 6
 RT_KNOTS = 12
 #: Pseudo-counts pulling fitted adduct priors toward the table's (keeps rare adducts alive).
 ADDUCT_PSEUDO_COUNT = 5.0
+
+
+def generative(config: AssignConfig) -> AssignConfig:
+    """The settings the calibration fits with: the scorer's weights back at the generative
+    model's (a learned model's weights are for scoring only).
+
+    EM's updates hold only when the responsibilities are the model's own posterior; a learned
+    scorer re-weighs the terms, and EM run with it drifts (with a large library and no RT, it
+    pushed the null prior to its bound and the mass spread to a third of the truth). The
+    starting values of the error models are kept.
+    """
+    reset = {name: getattr(ScorerParams(), name) for name in (*LEARNED_WEIGHTS,
+                                                                "unlisted_prior")}
+    return config.replace(scorer=dataclasses.replace(config.scorer, **reset))
 
 
 def em_columns(space: SearchSpace) -> tuple:

@@ -25,6 +25,7 @@ import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+from dask.base import get_scheduler
 
 from .adducts import select_adducts
 from .annotate import (
@@ -46,6 +47,7 @@ from .calibration import (
     em_columns,
     em_statistics,
     fit_calibration,
+    generative,
     peak_summary,
     run_context,
     sampled,
@@ -200,11 +202,10 @@ def on_workers(obj):
     Persisted, not scattered: the scheduler keeps the task that makes it, so a worker lost
     mid-run costs a recomputation, not the run (scattered data cannot be recovered)."""
     value = dask.delayed(obj, pure=True)
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
+    # The scheduler that will run the graphs: a distributed client's, or a local one (a
+    # client may exist while dask.config says "synchronous").
+    client = getattr(get_scheduler(), "__self__", None)
+    if not hasattr(client, "persist") or not hasattr(client, "scheduler_info"):
         return value
     # Sent once on purpose: distributed's warning about a large graph does not apply.
     with dask.config.set({"distributed.admin.large-graph-warning-threshold": "2GB"}):
@@ -250,8 +251,11 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     """The run's calibration: defaults from the data's ranges, then EM if ``config.calibrate``.
 
     Runs on whatever scheduler is active (a distributed client when one is connected);
-    ``space_key`` is the space as :func:`on_workers` gives it (made here when omitted).
+    ``space_key`` is the space as :func:`on_workers` gives it (made here when omitted). The
+    fit uses the generative scorer (:func:`~dask_assign.calibration.generative`), whatever
+    model will score the run.
     """
+    config = generative(config)
     summary = _collect(peaks.map_partitions(summarize_peaks,
                                         meta={c: "float64" for c in SUMMARY_COLUMNS}))
     start = run_context(summary, space, config)
@@ -272,9 +276,10 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig,
             log.info("RT drift search: run RT = %.3f + %.3f x library RT", *found)
 
     fraction = min(1.0, EM_SAMPLE / max(float(summary["n"].sum()), 1.0))
-    # The EM steps share one sample of the peaks, read and kept in memory once.
-    em_peaks = peaks if fraction >= 1 else peaks.map_partitions(
-        sample_peaks, fraction, meta=peaks._meta).persist()
+    # The EM steps share one sample of the peaks (all of them up to EM_SAMPLE), read once and
+    # kept in the workers' memory: at most a few tens of MB.
+    em_peaks = (peaks if fraction >= 1 else peaks.map_partitions(
+        sample_peaks, fraction, meta=peaks._meta)).persist()
 
     def stats_of(calibration):
         parts = em_peaks.map_partitions(em_step, space_key, config, calibration,

@@ -176,3 +176,26 @@ def test_em_recovers_adduct_shares(rng):
     ratio = np.exp(cal.log_adduct_priors[names.index("[M+Na]+")]
                    - cal.log_adduct_priors[names.index("[M+H]+")])
     assert 0.75 < ratio < 1.33
+
+
+def test_calibration_fits_the_generative_model_whatever_scores_the_run():
+    """EM's updates assume the model's own posterior: a learned scorer's weights must not
+    enter the fit (with them, EM on a large library without RT drove the null prior to its
+    bound and the mass spread to a third of the truth). Same calibration with the shipped
+    model, the untrained scorer, or any weights."""
+    import dask
+
+    from dask_assign.config import ScorerParams
+    from dask_assign.pipeline import as_dask_frame, calibrate, prepare_library
+    from tests.conftest import DEMO
+
+    odd = ScorerParams(mass_weight=3.0, bias=-4.0, count_weight=-2.0, unlisted_prior=0.3)
+    fits = []
+    with dask.config.set(scheduler="synchronous"):
+        for scorer in (None, ScorerParams(), odd):
+            config = AssignConfig() if scorer is None else AssignConfig(scorer=scorer)
+            ddf = as_dask_frame(DEMO / "peaks.csv", config)
+            fits.append(calibrate(ddf, prepare_library(DEMO / "library.csv", config), config))
+    assert AssignConfig().scorer != ScorerParams()  # the default is the trained model
+    assert fits[0] == fits[1] == fits[2]
+    assert fits[0].iterations >= 2
