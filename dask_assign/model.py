@@ -67,6 +67,13 @@ def save_model(params: ScorerParams, path, info: dict | None = None) -> Path:
                   "values": {name: float(getattr(params, name)) for name in MODEL_FIELDS},
                   "training": info or {}}
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+        # mkdtemp makes a private folder: give the model the modes of any new file instead,
+        # so workers running as another user can read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
+        for f in (WEIGHTS_FILE, CONFIG_FILE):
+            (staging / f).chmod(0o666 & ~umask)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

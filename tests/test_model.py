@@ -1,6 +1,7 @@
 """Scorer model files: a save/load round trip scores identically; a bad file is named."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -20,6 +21,10 @@ def test_round_trip_gives_identical_probabilities(tmp_path, local_client):
     from dask_assign.pipeline import assign
 
     path = save_model(TRAINED, tmp_path / "model", {"note": "hand-set weights"})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private folder
+    assert (path / WEIGHTS_FILE).stat().st_mode & 0o777 == 0o666 & ~umask
     loaded = load_model(path)
     assert loaded == TRAINED
     assert model_info(path)["training"] == {"note": "hand-set weights"}
