@@ -22,7 +22,7 @@ from .candidates import batches_by_pairs, range_join, window_bounds
 from .config import AssignConfig, Calibration, ScorerParams
 from .curves import Curve, curve_statistics, fit_curve, n_statistics
 from .errors import InputError
-from .scoring import LEARNED_WEIGHTS
+from .model import MODEL_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ def generative(config: AssignConfig) -> AssignConfig:
     pushed the null prior to its bound and the mass spread to a third of the truth). The
     starting values of the error models are kept.
     """
-    reset = {name: getattr(ScorerParams(), name) for name in (*LEARNED_WEIGHTS,
-                                                                "unlisted_prior")}
+    reset = {name: getattr(ScorerParams(), name) for name in MODEL_FIELDS}
     return config.replace(scorer=dataclasses.replace(config.scorer, **reset))
 
 

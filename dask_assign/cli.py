@@ -76,13 +76,12 @@ def _add_tls_options(p):
 
 
 def _config(args):
-    from .config import AssignConfig, ScorerParams
-    from .model import load_model
+    from .config import AssignConfig
+    from .model import scorer_params
 
     adducts = tuple(a for a in args.adducts.split(",")) if args.adducts else None
-    model = getattr(args, "model", DEFAULT_MODEL)
     return AssignConfig(
-        scorer=ScorerParams() if model in (None, "none") else load_model(model, ScorerParams()),
+        scorer=scorer_params(getattr(args, "model", DEFAULT_MODEL)),
         mode=args.mode, adducts=adducts, adduct_table=args.adduct_table, ppm=args.ppm,
         rt_window=args.rt_window, rt_unit=args.rt_unit, library_rt_unit=args.library_rt_unit,
         k_first=min(20, args.k_max), k_max=args.k_max, overflow=args.overflow,
@@ -107,10 +106,9 @@ def _run(args, peaks, library, out, config=None, columns=None, fmt=None, schedul
     space = prepare_library(library, config)
     gpu = config.device.startswith("cuda")
     if gpu:
-        from .cluster import cuda_devices
+        from .cluster import require_cuda
 
-        if cuda_devices() == 0:
-            raise ValueError("--gpu: no CUDA device found (torch.cuda.device_count() is 0)")
+        require_cuda()  # before any work
     workdir = input_path(out)
     try:
         ddf = read_peaks(peaks, columns=columns, rt_unit=config.rt_unit,

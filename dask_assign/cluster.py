@@ -60,6 +60,14 @@ def cuda_devices() -> int:
         return 0
 
 
+def require_cuda() -> int:
+    """The number of CUDA devices, or a ValueError saying there is none."""
+    n = cuda_devices()
+    if n == 0:
+        raise ValueError("--gpu: no CUDA device found (torch.cuda.device_count() is 0)")
+    return n
+
+
 def gpu_cluster(workers: int | None, security=None, rmm_pool_size: str | None = "auto"):
     """A dask-cuda ``LocalCUDACluster``: one worker per GPU (or ``workers``), bound to
     127.0.0.1, with an RMM pool where RAPIDS is installed.
@@ -69,9 +77,7 @@ def gpu_cluster(workers: int | None, security=None, rmm_pool_size: str | None = 
     ValueError
         When no CUDA device is found or dask-cuda is missing (the ``gpu`` extra).
     """
-    n = cuda_devices()
-    if n == 0:
-        raise ValueError("--gpu: no CUDA device found (torch.cuda.device_count() is 0)")
+    n = require_cuda()
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import AssignConfig, ScorerParams
+from .config import AssignConfig
 from .errors import InputError
-from .model import load_model
+from .model import DEFAULT_MODEL, NO_MODEL, scorer_params
 
 JOB_KEYS = {"peaks", "library", "out", "format", "scheduler", "workers", "columns", "settings",
             "name"}
@@ -123,14 +123,13 @@ def load_job(path, allow=()) -> Job:
         kwargs[key] = tuple(value) if want is list else value
     if "adduct_table" in kwargs:
         kwargs["adduct_table"] = str(_path(settings, "adduct_table", source, roots, True))
-    model = kwargs.pop("model", "default")
-    if model == "none":
-        kwargs["scorer"] = ScorerParams()
-    elif model != "default":
-        try:
-            kwargs["scorer"] = load_model(_path(settings, "model", source, roots, True))
-        except InputError as err:
-            raise InputError(str(source), f"'model': {err}") from None
+    model = kwargs.pop("model", DEFAULT_MODEL)
+    if model not in (DEFAULT_MODEL, NO_MODEL):  # a folder: checked like any other path
+        model = _path(settings, "model", source, roots, True)
+    try:
+        kwargs["scorer"] = scorer_params(model)
+    except InputError as err:
+        raise InputError(str(source), f"'model': {err}") from None
     try:
         config = AssignConfig(**kwargs)
     except (TypeError, ValueError) as err:

@@ -146,6 +146,16 @@ def load_model(path, base: ScorerParams | None = None) -> ScorerParams:
     return ScorerParams(**{**{k: getattr(base, k) for k in known}, **values})
 
 
+#: ``--model`` / ``model:`` value for the untrained generative scorer.
+NO_MODEL = "none"
+
+
+def scorer_params(model) -> ScorerParams:
+    """The scorer a ``--model`` value names: ``"none"`` the untrained generative scorer,
+    ``"default"`` the shipped model, anything else a model folder (see :func:`load_model`)."""
+    return ScorerParams() if str(model) == NO_MODEL else load_model(model)
+
+
 def model_info(path) -> dict:
     """The ``model.json`` of a model folder (or of ``"default"``)."""
     folder = default_model_path() if str(path) == DEFAULT_MODEL else Path(path)
