@@ -303,13 +303,20 @@ def second_pass(result: PartitionResult, space: SearchSpace, config: AssignConfi
     return PartitionResult(result.part, peaks, scored, pair, prob, refined)
 
 
-def _labels(space: SearchSpace, ion: np.ndarray):
-    comp = space.compounds
-    cidx = space.compound[ion]
-    adduct = np.asarray(space.adduct_names, dtype=object)[space.adduct[ion]]
-    iso = np.asarray(ISOTOPE_LABELS, dtype=object)[space.isotope[ion]]
-    return (comp["compound_id"].array.take(cidx), comp["name"].array.take(cidx),
-            comp["formula"].array.take(cidx), adduct, iso)
+def _labels(space: SearchSpace, ion: np.ndarray,
+            compound_columns=("compound_id", "name", "formula")) -> dict:
+    """Compound columns, adduct and isotope of ions ``ion`` (``-1``: none, NA) as string
+    arrays, taken from the library's own columns: no Python objects per row."""
+    none = ion < 0
+    safe = np.where(none, 0, ion)
+    cidx = np.where(none, -1, space.compound[safe])
+    out = {c: space.compounds[c].astype("string").array.take(cidx, allow_fill=True)
+           for c in compound_columns}
+    for col, names, codes in (("adduct", space.adduct_names, space.adduct),
+                              ("isotope", ISOTOPE_LABELS, space.isotope)):
+        out[col] = pd.array(list(names), dtype="string").take(
+            np.where(none, -1, codes[safe]), allow_fill=True)
+    return out
 
 
 def annotate_partition(part, space: SearchSpace, config: AssignConfig,
@@ -346,24 +353,23 @@ def to_tables(result: PartitionResult, space: SearchSpace):
     ion = f.ion.cpu().numpy()
     ppm = f.ppm_error.cpu().numpy()
     rt_err = (f.peak_rt - f.ion_rt).cpu().numpy()
-    cid, name, formula, adduct, iso = _labels(space, ion)
     pair = pair.cpu().numpy()
     called = pair >= 0
     sel = pair[called]
 
-    def on_calls(values, fill):
-        out = np.full(n, fill, dtype=object if fill is None else np.float64)
-        out[called] = np.asarray(values, dtype=out.dtype)[sel]
+    def on_calls(values):
+        out = np.full(n, np.nan)
+        out[called] = values[sel]
         return out
 
+    ion_called = np.full(n, -1, dtype=np.int64)
+    ion_called[called] = ion[sel]
+    calls = _labels(space, ion_called)
     assignments = pd.DataFrame({
-        "peak_id": peak_ids,
-        "compound_id": on_calls(cid, None), "name": on_calls(name, None),
-        "formula": on_calls(formula, None), "adduct": on_calls(adduct, None),
-        "isotope": on_calls(iso, None),
+        "peak_id": peak_ids, **calls,
         "prob": prob.cpu().numpy(),
         "p_null": scored.p_null.cpu().numpy(),
-        "ppm_error": on_calls(ppm, np.nan), "rt_error": on_calls(rt_err, np.nan),
+        "ppm_error": on_calls(ppm), "rt_error": on_calls(rt_err),
         "n_candidates": scored.n_candidates.cpu().numpy().astype(np.int64),
         "overflow": scored.overflow.cpu().numpy(),
         "refined": refined.cpu().numpy(),
@@ -373,11 +379,12 @@ def to_tables(result: PartitionResult, space: SearchSpace):
                             else result.changed.cpu().numpy()),
         "mz": result.peaks["mz"].cpu().numpy(), "rt": result.peaks["rt"].cpu().numpy(),
     })
+    labels = _labels(space, ion, ("compound_id",))
     candidates = pd.DataFrame({
         "peak_id": peak_ids.take(f.peak.cpu().numpy()),
         "rank": scored.rank.cpu().numpy().astype(np.int64),
-        "compound_id": cid, "adduct": pd.array(adduct, dtype="string"),
-        "isotope": pd.array(iso, dtype="string"), "ppm_error": ppm, "rt_error": rt_err,
+        "compound_id": labels["compound_id"], "adduct": labels["adduct"],
+        "isotope": labels["isotope"], "ppm_error": ppm, "rt_error": rt_err,
         "prob": scored.prob.cpu().numpy(),
     }).astype(CANDIDATE_DTYPES)
     return assignments.astype(ASSIGNMENT_DTYPES), candidates

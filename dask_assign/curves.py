@@ -47,15 +47,27 @@ class Curve:
         if isinstance(x, torch.Tensor):
             k = torch.as_tensor(self.knots, dtype=x.dtype, device=x.device)
             v = torch.as_tensor(self.values, dtype=x.dtype, device=x.device)
-            i = torch.bucketize(x, k[1:-1]) if k.numel() > 2 else torch.zeros_like(
-                x, dtype=torch.int64)
-            x0, x1, y0, y1 = k[i], k[i + 1], v[i], v[i + 1]
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+            if k.numel() == 2:  # one segment: a line
+                return v[0] + (v[1] - v[0]) * (x - k[0]) / (k[1] - k[0])
+            if self._equally_spaced():
+                # Equal knots (as knot_grid makes them): the segment by arithmetic, not a
+                # binary search; the run's calibration is evaluated at every ion (millions).
+                h = (k[-1] - k[0]) / (k.numel() - 1)
+                i = torch.floor((x - k[0]) / h).clamp_(0, k.numel() - 2)
+                i = i.nan_to_num_(0).to(torch.int64)
+            else:
+                i = torch.bucketize(x, k[1:-1])
+            slope = (v[1:] - v[:-1]) / (k[1:] - k[:-1])
+            return v[i] + slope[i] * (x - k[i])
         x = np.asarray(x, dtype=np.float64)
         k = np.asarray(self.knots)
         v = np.asarray(self.values)
         i = np.clip(np.searchsorted(k, x, side="right") - 1, 0, len(k) - 2)
         return v[i] + (v[i + 1] - v[i]) * (x - k[i]) / (k[i + 1] - k[i])
+
+    def _equally_spaced(self) -> bool:
+        gaps = np.diff(self.knots)
+        return bool(np.all(np.abs(gaps - gaps[0]) <= 1e-9 * np.abs(gaps[0])))
 
     def max_difference(self, other: Curve) -> float:
         """Largest difference of the two curves at their knots (same knots assumed)."""

@@ -27,6 +27,14 @@ def test_curve_evaluates_alike_in_numpy_and_torch_and_extends_linearly():
     np.testing.assert_allclose(c(torch.as_tensor(x)).numpy(), expected)
 
 
+def test_equal_knots_take_the_arithmetic_path_with_the_same_values(rng):
+    knots = tuple(float(k) for k in knot_grid(0.5, 14.5, 12))
+    c = Curve(knots, tuple(rng.normal(0, 1, 12)))
+    x = np.r_[rng.uniform(-3, 18, 5000), knots, np.nan]
+    assert c._equally_spaced() and not Curve((0.0, 2.0, 5.0), (1.0, 3.0, 3.0))._equally_spaced()
+    np.testing.assert_allclose(c(torch.as_tensor(x)).numpy(), c(x), rtol=1e-12, atol=1e-12)
+
+
 def test_statistics_are_the_normal_equations_and_add_up_over_splits(rng):
     x = rng.uniform(0, 10, 300)
     y = np.sin(x) + rng.normal(0, 0.1, x.size)

@@ -52,8 +52,11 @@ def test_compose_cluster_runs_a_submitted_job_like_a_local_cluster(big_peaks, un
     env = {"DASK_HOST": "127.0.0.1", "DASK_SCHEDULER_HOST": "127.0.0.1",
            "DASK_SCHEDULER_PORT": str(port), "DASK_DASHBOARD_PORT": str(dash),
            "DASK_WORKER_MEMORY": "2GiB"}
+    # deploy/dask.yaml where the image puts it (/etc/dask): DASK_CONFIG stands in for it.
+    (tmp_path / "etc-dask").mkdir()
+    (tmp_path / "etc-dask" / "dask-assign.yaml").write_text((DEPLOY / "dask.yaml").read_text())
     run_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-               "OMP_WAIT_POLICY": "passive"}
+               "OMP_WAIT_POLICY": "passive", "DASK_CONFIG": str(tmp_path / "etc-dask")}
     procs = [subprocess.Popen(compose_command(name, env), env=run_env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
              for name in ("scheduler", "worker-1", "worker-2")]
@@ -71,6 +74,10 @@ def test_compose_cluster_runs_a_submitted_job_like_a_local_cluster(big_peaks, un
             except OSError:
                 time.sleep(0.5)
         assert client is not None
+        from dask_assign.cluster import WORKER_MALLOC
+
+        seen = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC})
+        assert list(seen.values()) == [WORKER_MALLOC, WORKER_MALLOC]
         (tmp_path / "data").mkdir()
         (tmp_path / "data" / "peaks.parquet").write_bytes(big_peaks.read_bytes())
         (tmp_path / "data" / "library.csv").write_bytes((DEMO / "library.csv").read_bytes())
@@ -168,6 +175,7 @@ def test_dockerfiles_build_the_package(name):
     text = "\n".join(lines)
     assert "COPY dask_assign" in text and 'pip install ".[test]"' in text
     assert "OMP_WAIT_POLICY=passive" in text
+    assert "COPY deploy/dask.yaml /etc/dask/" in text  # the workers' malloc settings
     assert ("torch==2.13.0" in text) == (name == "Dockerfile")
 
 

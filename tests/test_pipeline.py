@@ -1,6 +1,7 @@
 """The dask pipeline on real clusters: invariance to partitions and workers, accuracy."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -57,6 +58,14 @@ def test_context_pass_same_for_1_3_or_8_partitions(local_client):
     assert one["context_changed"].sum() > 5 and (one["n_partners"] > 0).mean() > 0.5
     for blocks in (3, 8):
         assert_same_assignments(one, results[blocks])
+
+
+def test_local_cluster_workers_get_the_malloc_settings(local_client):
+    from dask_assign.cluster import WORKER_MALLOC
+
+    seen = local_client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC})
+    assert len(seen) == 2
+    assert all(env == WORKER_MALLOC for env in seen.values())
 
 
 @pytest.mark.slow
