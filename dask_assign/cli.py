@@ -56,6 +56,9 @@ def _add_run_options(p: argparse.ArgumentParser):
                         "shipped model, 'none' the untrained generative scorer")
     p.add_argument("--columns", type=_columns, help="peak columns, e.g. mz=MZ,rt=RT,peak_id=ID")
     p.add_argument("--partition-size", type=int, default=250_000, help="peaks per partition")
+    p.add_argument("--block-pairs", type=int, default=2_000_000,
+                   help="kept candidate pairs an RT block may hold, about (about 650 bytes "
+                        "each at a block's peak): crowded runs get more, smaller blocks")
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: "
                    "$DASK_SCHEDULER_ADDRESS, else a new local cluster)")
@@ -86,7 +89,7 @@ def _config(args):
         rt_window=args.rt_window, rt_unit=args.rt_unit, library_rt_unit=args.library_rt_unit,
         k_first=min(20, args.k_max), k_max=args.k_max, overflow=args.overflow,
         calibrate=not args.no_calibrate, partition_size=args.partition_size,
-        context=not args.no_context, max_coelution=args.max_coelution,
+        block_pairs=args.block_pairs, context=not args.no_context, max_coelution=args.max_coelution,
         device="cuda" if getattr(args, "gpu", False) else "cpu",
     )
 

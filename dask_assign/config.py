@@ -129,6 +129,10 @@ class AssignConfig:
     max_pairs : int
         Candidate pairs a kernel handles at once (before the exact test); bounds the memory of a
         task whatever the crowding of the m/z range.
+    block_pairs : int
+        Kept candidate pairs an RT block may hold, about (first pass and refinement, estimated
+        on a sample of the peaks): a crowded run is cut into more, smaller blocks. A block
+        holds about 650 bytes a kept pair at its peak, so the default is about 1.3 GB a task.
     device : str
         Torch device of the scoring kernels (``cpu`` or ``cuda``).
     context : bool
@@ -167,6 +171,7 @@ class AssignConfig:
     em_iterations: int = 8
     partition_size: int = 250_000
     max_pairs: int = 4_000_000
+    block_pairs: int = 2_000_000
     device: str = "cpu"
     context: bool = True
     max_coelution: float = 0.1
@@ -191,8 +196,8 @@ class AssignConfig:
             raise ValueError("need 1 <= k_first <= k_max")
         if self.max_isotope not in (0, 1, 2):
             raise ValueError("max_isotope must be 0, 1 or 2")
-        if self.max_pairs < 1 or self.partition_size < 1:
-            raise ValueError("max_pairs and partition_size must be positive")
+        if self.max_pairs < 1 or self.partition_size < 1 or self.block_pairs < 1:
+            raise ValueError("max_pairs, partition_size and block_pairs must be positive")
         if self.refine_widen < 1:
             raise ValueError("refine_widen must be >= 1")
         if not self.max_coelution > 0:

@@ -35,7 +35,8 @@ SETTING_TYPES = {
     "mode": str, "adducts": list, "adduct_table": str, "ppm": float, "rt_window": float,
     "rt_unit": str, "library_rt_unit": str, "max_isotope": int, "k_first": int, "k_max": int,
     "overflow": str, "refine_below": float, "refine_widen": float, "calibrate": bool,
-    "em_iterations": int, "partition_size": int, "context": bool, "max_coelution": float,
+    "em_iterations": int, "partition_size": int, "block_pairs": int, "context": bool,
+    "max_coelution": float,
     "context_weight": float, "context_noise_share": float, "isotope_ratio_sigma": float,
     "model": str, "device": str,
 }

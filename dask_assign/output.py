@@ -183,6 +183,7 @@ def combine_parts(staging: Path, fmt: str):
     for name in ("assignments", "candidates", "parts"):
         shutil.rmtree(staging / name)
     (staging / "fingerprint.json").unlink()
+    (staging / "blocks.json").unlink(missing_ok=True)  # the manifest has the block count
 
 
 def sha256(path) -> str:

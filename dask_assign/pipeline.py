@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from contextlib import nullcontext
@@ -147,13 +148,49 @@ def rt_block(pieces, edges: np.ndarray, k: int):
     return block
 
 
-def rt_blocks(ddf: dd.DataFrame, config: AssignConfig) -> list:
-    """The peaks regrouped into RT blocks (delayed frames), as many as ``ddf`` has partitions.
+#: Peaks the block planner scores, at most (a sample by peak id, like the calibration's).
+PLAN_SAMPLE = 50_000
+
+
+def kept_pairs(part, space, config, calibration) -> pd.DataFrame:
+    """Task: peaks and kept candidate pairs (first pass, then refinement) of a partition."""
+    result = second_pass(first_pass(part.reset_index(drop=True), space, config, calibration),
+                         space, config, calibration)
+    return pd.DataFrame({"n": [float(len(part))], "kept": [float(len(result.scored.features))]})
+
+
+def plan_blocks(ddf: dd.DataFrame, space_key, config: AssignConfig,
+                calibration: Calibration) -> int:
+    """How many RT blocks to make: as many as ``ddf`` has partitions, more where the run is so
+    crowded that a block would hold over ``config.block_pairs`` kept candidate pairs.
+
+    A block's memory follows its kept pairs (about 650 bytes each at its peak, measured), and
+    their number per peak varies tenfold between runs: it is measured here on up to
+    :data:`PLAN_SAMPLE` peaks, scored as the run will score them. Results do not depend on
+    the number of blocks.
+    """
+    n_peaks = int(len(ddf))
+    if n_peaks * config.k_max <= config.block_pairs * ddf.npartitions:
+        return ddf.npartitions  # even full candidate lists cannot overfill a block
+    fraction = min(1.0, PLAN_SAMPLE / n_peaks)
+    sample = ddf.map_partitions(sample_peaks, fraction, meta=ddf._meta)
+    counts = _collect(sample.map_partitions(kept_pairs, space_key, config, calibration,
+                                            meta={"n": "float64", "kept": "float64"}))
+    per_peak = float(counts["kept"].sum()) / max(float(counts["n"].sum()), 1.0)
+    n_blocks = max(ddf.npartitions, math.ceil(n_peaks * per_peak / config.block_pairs))
+    log.info("blocks: %.1f kept candidates a peak (sample of %d peaks) -> %d RT blocks",
+             per_peak, int(counts["n"].sum()), n_blocks)
+    return n_blocks
+
+
+def rt_blocks(ddf: dd.DataFrame, config: AssignConfig, n_blocks: int | None = None) -> list:
+    """The peaks regrouped into about ``n_blocks`` RT blocks (delayed frames; as many as
+    ``ddf`` has partitions when omitted, fewer where RTs tie).
 
     Each block carries a halo ``max_coelution`` wide on both sides, so every peak within that
     RT distance of a block's own peaks is in the block.
     """
-    edges = block_edges(ddf, ddf.npartitions)
+    edges = block_edges(ddf, ddf.npartitions if n_blocks is None else n_blocks)
     halo = config.max_coelution * 1.001  # a hair wider: RT comparisons round
     n_blocks = edges.size + 1
     parts = ddf.to_delayed()
@@ -337,7 +374,7 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
         space_key = on_workers(space)
         if calibration is None:
             calibration = calibrate(ddf, space, config, space_key)
-        blocks = rt_blocks(ddf, config)
+        blocks = rt_blocks(ddf, config, plan_blocks(ddf, space_key, config, calibration))
         model = context_model(blocks, config, calibration)
     return _table(annotated_blocks(blocks, space, config, calibration, model, space_key),
                   space_key, 0, ASSIGNMENT_DTYPES, ddf)
@@ -351,7 +388,7 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration,
     space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
         space_key = on_workers(space)
-        blocks = rt_blocks(ddf, config)
+        blocks = rt_blocks(ddf, config, plan_blocks(ddf, space_key, config, calibration))
         model = context_model(blocks, config, calibration)
     return _table(annotated_blocks(blocks, space, config, calibration, model, space_key),
                   space_key, 1, CANDIDATE_DTYPES, ddf)
@@ -494,7 +531,14 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
         else:
             calibration = calibrate(ddf, space, config, space_key)
             output.write_json(saved, calibration.to_dict())
-        blocks = rt_blocks(ddf, config)
+        # The number of blocks is saved with the calibration: a resumed run reuses both.
+        saved_plan = staging / "blocks.json"
+        if resumed and saved_plan.exists():
+            n_blocks = json.loads(saved_plan.read_text())["blocks"]
+        else:
+            n_blocks = plan_blocks(ddf, space_key, config, calibration)
+            output.write_json(saved_plan, {"blocks": n_blocks})
+        blocks = rt_blocks(ddf, config, n_blocks)
         saved_model = staging / "context.json"
         if resumed and saved_model.exists():
             model = ContextModel.from_dict(json.loads(saved_model.read_text()))

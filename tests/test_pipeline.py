@@ -1,6 +1,7 @@
 """The dask pipeline on real clusters: invariance to partitions and workers, accuracy."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,6 +59,28 @@ def test_context_pass_same_for_1_3_or_8_partitions(local_client):
     assert one["context_changed"].sum() > 5 and (one["n_partners"] > 0).mean() > 0.5
     for blocks in (3, 8):
         assert_same_assignments(one, results[blocks])
+
+
+def test_crowded_runs_get_more_blocks_and_the_same_result(local_client, tmp_path):
+    """An RT block holds about ``block_pairs`` kept candidates at most: the planner counts
+    them on the peaks (all of them here, fewer than PLAN_SAMPLE), cuts the run into
+    ceil(kept / block_pairs) blocks, and the output does not change."""
+    peaks, lib = DEMO / "peaks.csv", DEMO / "library.csv"
+    base = run(peaks, lib, tmp_path / "base", AssignConfig(partition_size=10_000),
+               client=local_client)
+    assert base["partitions"] == 1
+    limit = base["candidates"] // 5 + 1
+    small = run(peaks, lib, tmp_path / "small",
+                AssignConfig(partition_size=10_000, block_pairs=limit), client=local_client)
+    assert small["partitions"] == math.ceil(base["candidates"] / limit) == 5
+    assert small["candidates"] == base["candidates"]
+    assert_same_assignments(pd.read_parquet(tmp_path / "small" / "assignments.parquet"),
+                            pd.read_parquet(tmp_path / "base" / "assignments.parquet"))
+    drop = ["prob", "ppm_error", "rt_error"]
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "small" / "candidates.parquet").drop(columns=drop),
+        pd.read_parquet(tmp_path / "base" / "candidates.parquet").drop(columns=drop))
+    assert not (tmp_path / "small" / "blocks.json").exists()
 
 
 def test_local_cluster_workers_get_the_malloc_settings(local_client):
