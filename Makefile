@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 # Threads spin-waiting on a small shared VM make torch many times slower.
 export OMP_WAIT_POLICY ?= passive
 
-.PHONY: demo test lint venv browser clean ipa-env openms-env bench-accuracy bench-openms bench model
+.PHONY: demo test lint venv browser clean ipa-env openms-env bench-accuracy bench-openms bench-ipa bench model
 
 $(BIN)/dask-assign: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-openms: venv openms-env
 	$(BIN)/python benchmarks/vs_pyopenms.py 1000 10000 100000
 
 # Side-by-side accuracy on the shared sets: dask-assign, a nearest-ion rule, IPA.
+bench-ipa: venv ipa-env
+	$(BIN)/python benchmarks/vs_ipa.py
+
 bench-accuracy: venv ipa-env
 	$(BIN)/python benchmarks/accuracy.py
 
