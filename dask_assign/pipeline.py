@@ -87,6 +87,34 @@ def sample_peaks(part, fraction):
     return part[sampled(part, fraction)]
 
 
+#: Peaks in each partition of the calibration sample: few, full tasks for the EM steps (each
+#: task also maps the whole ion table through the run's calibration).
+SAMPLE_PARTITION = 50_000
+
+
+def peak_sample(peaks: dd.DataFrame, n_peaks: int) -> dd.DataFrame:
+    """The peaks that calibration and block planning look at, persisted: all of them up to
+    ``EM_SAMPLE``, else a deterministic sample by peak id (:func:`sampled`), regrouped into
+    partitions of about :data:`SAMPLE_PARTITION` peaks (a few tens of MB in all).
+
+    A smaller sample by the same hash (the drift search's, the planner's) is a subset of it,
+    so those read it instead of the whole table.
+    """
+    fraction = min(1.0, EM_SAMPLE / max(n_peaks, 1))
+    sample = peaks if fraction >= 1 else peaks.map_partitions(sample_peaks, fraction,
+                                                              meta=peaks._meta)
+    parts = max(1, math.ceil(min(n_peaks, EM_SAMPLE) / SAMPLE_PARTITION))
+    if parts < sample.npartitions:
+        sample = sample.repartition(npartitions=parts)
+    return sample.persist()
+
+
+def blocks_may_overfill(n_peaks: int, n_partitions: int, config: AssignConfig) -> bool:
+    """Whether an RT block could hold over ``config.block_pairs`` kept pairs (else the
+    planner has nothing to measure)."""
+    return n_peaks * config.k_max > config.block_pairs * n_partitions
+
+
 def em_step(part, space, config, calibration):
     """Task: the E-step of calibration on one partition."""
     return em_statistics(part, space, config, calibration)
@@ -160,9 +188,10 @@ def kept_pairs(part, space, config, calibration) -> pd.DataFrame:
 
 
 def plan_blocks(ddf: dd.DataFrame, space_key, config: AssignConfig,
-                calibration: Calibration) -> int:
+                calibration: Calibration, sample: dd.DataFrame | None = None) -> int:
     """How many RT blocks to make: as many as ``ddf`` has partitions, more where the run is so
-    crowded that a block would hold over ``config.block_pairs`` kept candidate pairs.
+    crowded that a block would hold over ``config.block_pairs`` kept candidate pairs
+    (``sample``: :func:`peak_sample` of ``ddf``, read instead of ``ddf`` when given).
 
     A block's memory follows its kept pairs (about 650 bytes each at its peak, measured), and
     their number per peak varies tenfold between runs: it is measured here on up to
@@ -170,11 +199,12 @@ def plan_blocks(ddf: dd.DataFrame, space_key, config: AssignConfig,
     the number of blocks.
     """
     n_peaks = int(len(ddf))
-    if n_peaks * config.k_max <= config.block_pairs * ddf.npartitions:
-        return ddf.npartitions  # even full candidate lists cannot overfill a block
+    if not blocks_may_overfill(n_peaks, ddf.npartitions, config):
+        return ddf.npartitions
     fraction = min(1.0, PLAN_SAMPLE / n_peaks)
-    sample = ddf.map_partitions(sample_peaks, fraction, meta=ddf._meta)
-    counts = _collect(sample.map_partitions(kept_pairs, space_key, config, calibration,
+    source = ddf if sample is None else sample
+    picked = source.map_partitions(sample_peaks, fraction, meta=source._meta)
+    counts = _collect(picked.map_partitions(kept_pairs, space_key, config, calibration,
                                             meta={"n": "float64", "kept": "float64"}))
     per_peak = float(counts["kept"].sum()) / max(float(counts["n"].sum()), 1.0)
     n_blocks = max(ddf.npartitions, math.ceil(n_peaks * per_peak / config.block_pairs))
@@ -284,13 +314,14 @@ def _collect(frames: dd.DataFrame) -> pd.DataFrame:
 
 
 def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig,
-              space_key=None) -> Calibration:
+              space_key=None, sample: dd.DataFrame | None = None) -> Calibration:
     """The run's calibration: defaults from the data's ranges, then EM if ``config.calibrate``.
 
     Runs on whatever scheduler is active (a distributed client when one is connected);
-    ``space_key`` is the space as :func:`on_workers` gives it (made here when omitted). The
-    fit uses the generative scorer (:func:`~dask_assign.calibration.generative`), whatever
-    model will score the run.
+    ``space_key`` is the space as :func:`on_workers` gives it (made here when omitted);
+    ``sample`` is :func:`peak_sample` of ``peaks`` (made here when omitted). The drift search
+    and the EM steps read the sample, not the table. The fit uses the generative scorer
+    (:func:`~dask_assign.calibration.generative`), whatever model will score the run.
     """
     config = generative(config)
     summary = _collect(peaks.map_partitions(summarize_peaks,
@@ -299,10 +330,13 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     if not config.calibrate:
         return start
     space_key = on_workers(space) if space_key is None else space_key
+    n_peaks = float(summary["n"].sum())
+    # The EM steps share one sample of the peaks, read once and kept in the workers' memory.
+    em_peaks = peak_sample(peaks, int(n_peaks)) if sample is None else sample
     if config.max_drift > 0 and np.isfinite(space.rt).any():
-        fraction = min(1.0, DRIFT_SAMPLE / max(float(summary["n"].sum()), 1.0))
-        votes = _collect(peaks.map_partitions(drift_search, space_key, config, fraction,
-                                              meta=dict(VOTE_COLUMNS)))
+        fraction = min(1.0, DRIFT_SAMPLE / max(n_peaks, 1.0))
+        votes = _collect(em_peaks.map_partitions(drift_search, space_key, config, fraction,
+                                                 meta=dict(VOTE_COLUMNS)))
         votes = votes.groupby(["slope", "shift"], as_index=False)["w"].sum()
         found = drift_from_votes(votes, config)
         if found is not None:
@@ -312,18 +346,30 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig,
                 rt_sigma=max(start.rt_sigma, 2 * DRIFT_BIN))
             log.info("RT drift search: run RT = %.3f + %.3f x library RT", *found)
 
-    fraction = min(1.0, EM_SAMPLE / max(float(summary["n"].sum()), 1.0))
-    # The EM steps share one sample of the peaks (all of them up to EM_SAMPLE), read once and
-    # kept in the workers' memory: at most a few tens of MB.
-    em_peaks = (peaks if fraction >= 1 else peaks.map_partitions(
-        sample_peaks, fraction, meta=peaks._meta)).persist()
-
     def stats_of(calibration):
         parts = em_peaks.map_partitions(em_step, space_key, config, calibration,
                                         meta={c: "float64" for c in em_columns(space)})
         return _collect(parts).sum().to_dict()
 
     return fit_calibration(stats_of, start, config, space)
+
+
+def calibration_and_blocks(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
+                           space_key, calibration: Calibration | None = None,
+                           n_blocks: int | None = None) -> tuple[Calibration, int]:
+    """The run's calibration (:func:`calibrate`) and number of RT blocks
+    (:func:`plan_blocks`), each computed unless given; both read one :func:`peak_sample`,
+    made only when one of them needs it."""
+    n_peaks = int(len(ddf))
+    sample = None
+    if (calibration is None and config.calibrate) or (
+            n_blocks is None and blocks_may_overfill(n_peaks, ddf.npartitions, config)):
+        sample = peak_sample(ddf, n_peaks)
+    if calibration is None:
+        calibration = calibrate(ddf, space, config, space_key, sample)
+    if n_blocks is None:
+        n_blocks = plan_blocks(ddf, space_key, config, calibration, sample)
+    return calibration, n_blocks
 
 
 def as_dask_frame(peaks, config: AssignConfig) -> dd.DataFrame:
@@ -372,9 +418,9 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
         space_key = on_workers(space)
-        if calibration is None:
-            calibration = calibrate(ddf, space, config, space_key)
-        blocks = rt_blocks(ddf, config, plan_blocks(ddf, space_key, config, calibration))
+        calibration, n_blocks = calibration_and_blocks(ddf, space, config, space_key,
+                                                       calibration)
+        blocks = rt_blocks(ddf, config, n_blocks)
         model = context_model(blocks, config, calibration)
     return _table(annotated_blocks(blocks, space, config, calibration, model, space_key),
                   space_key, 0, ASSIGNMENT_DTYPES, ddf)
@@ -388,7 +434,8 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration,
     space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
         space_key = on_workers(space)
-        blocks = rt_blocks(ddf, config, plan_blocks(ddf, space_key, config, calibration))
+        _, n_blocks = calibration_and_blocks(ddf, space, config, space_key, calibration)
+        blocks = rt_blocks(ddf, config, n_blocks)
         model = context_model(blocks, config, calibration)
     return _table(annotated_blocks(blocks, space, config, calibration, model, space_key),
                   space_key, 1, CANDIDATE_DTYPES, ddf)
@@ -526,17 +573,16 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
     saved = staging / "calibration.json"
     with client.as_current() if client is not None else nullcontext():
         space_key = on_workers(space)  # sent to the workers once for the whole run
-        if resumed and saved.exists():
-            calibration = Calibration.from_dict(json.loads(saved.read_text()))
-        else:
-            calibration = calibrate(ddf, space, config, space_key)
-            output.write_json(saved, calibration.to_dict())
         # The number of blocks is saved with the calibration: a resumed run reuses both.
         saved_plan = staging / "blocks.json"
-        if resumed and saved_plan.exists():
-            n_blocks = json.loads(saved_plan.read_text())["blocks"]
-        else:
-            n_blocks = plan_blocks(ddf, space_key, config, calibration)
+        calibration = (Calibration.from_dict(json.loads(saved.read_text()))
+                       if resumed and saved.exists() else None)
+        n_blocks = (json.loads(saved_plan.read_text())["blocks"]
+                    if resumed and saved_plan.exists() else None)
+        if calibration is None or n_blocks is None:
+            calibration, n_blocks = calibration_and_blocks(ddf, space, config, space_key,
+                                                           calibration, n_blocks)
+            output.write_json(saved, calibration.to_dict())
             output.write_json(saved_plan, {"blocks": n_blocks})
         blocks = rt_blocks(ddf, config, n_blocks)
         saved_model = staging / "context.json"

@@ -61,6 +61,33 @@ def test_context_pass_same_for_1_3_or_8_partitions(local_client):
         assert_same_assignments(one, results[blocks])
 
 
+def test_smaller_samples_are_taken_from_the_calibration_sample(monkeypatch, rng):
+    """The drift search and the block planner read the persisted calibration sample, not
+    the table: the peaks they pick from it are those they would pick from the table."""
+    import dask
+    import dask.dataframe as dd
+
+    from dask_assign import pipeline
+
+    monkeypatch.setattr(pipeline, "EM_SAMPLE", 1000)
+    monkeypatch.setattr(pipeline, "SAMPLE_PARTITION", 300)
+    n = 5000
+    peaks = pd.DataFrame({"peak_id": [f"p{i}" for i in range(n)],
+                          "mz": rng.uniform(100, 900, n), "rt": rng.uniform(0, 15, n),
+                          "intensity": rng.uniform(1e4, 1e6, n)})
+    ddf = dd.from_pandas(peaks, npartitions=5)
+    with dask.config.set(scheduler="synchronous"):
+        sample = pipeline.peak_sample(ddf, n)
+        assert sample.npartitions == 4  # regrouped: fewer, fuller EM tasks
+        ids = set(sample.compute()["peak_id"])
+        assert 800 < len(ids) < 1200
+        for fraction in (0.05, 0.1):
+            small = sample.map_partitions(pipeline.sample_peaks, fraction, meta=sample._meta)
+            full = ddf.map_partitions(pipeline.sample_peaks, fraction, meta=ddf._meta)
+            got, want = set(small.compute()["peak_id"]), set(full.compute()["peak_id"])
+            assert got == want and 100 < len(got) < len(ids)
+
+
 def test_crowded_runs_get_more_blocks_and_the_same_result(local_client, tmp_path):
     """An RT block holds about ``block_pairs`` kept candidates at most: the planner counts
     them on the peaks (all of them here, fewer than PLAN_SAMPLE), cuts the run into
