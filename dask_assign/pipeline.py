@@ -1,15 +1,15 @@
-"""The dask graph: read -> summarise -> calibrate (EM) -> RT blocks -> score -> refine ->
-context -> write.
+"""The dask graph: read -> summarise -> sample -> calibrate (EM) -> plan RT blocks -> score
+-> refine -> context -> write.
 
 Peaks are a dask DataFrame (pandas or cudf partitions); the library is small and becomes one
 :class:`~dask_assign.annotate.SearchSpace` that every task shares (one graph key, so each
 worker receives it once). After calibration the peaks are regrouped into blocks of retention
-time, each with a halo of its neighbours ``max_coelution`` wide, so that the context pass sees
-every co-eluting partner of its peaks: results do not depend on the number of blocks. Task
-names say what they do, so the dashboard's task stream reads as the pipeline:
-``read_parquet``, ``summarize_peaks``, ``drift_search``, ``em_step``, ``rt_sketch``,
-``split_by_rt``, ``rt_block``, ``context_stats``, ``join_and_score``, ``refine_partition``,
-``add_context``, ``write_partition``.
+time, as many as memory asks for, each with a halo of its neighbours ``max_coelution`` wide,
+so that the context pass sees every co-eluting partner of its peaks: results do not depend on
+the number of blocks. Task names say what they do, so the dashboard's task stream reads as
+the pipeline: ``read_parquet``, ``summarize_peaks``, ``sample_peaks``, ``drift_search``,
+``em_step``, ``kept_pairs``, ``rt_sketch``, ``split_by_rt``, ``rt_block``, ``context_stats``,
+``join_and_score``, ``refine_partition``, ``add_context``, ``write_partition``.
 """
 
 from __future__ import annotations
