@@ -47,8 +47,6 @@ class Curve:
         if isinstance(x, torch.Tensor):
             k = torch.as_tensor(self.knots, dtype=x.dtype, device=x.device)
             v = torch.as_tensor(self.values, dtype=x.dtype, device=x.device)
-            if k.numel() == 2:  # one segment: a line
-                return v[0] + (v[1] - v[0]) * (x - k[0]) / (k[1] - k[0])
             if self._equally_spaced():
                 # Equal knots (as knot_grid makes them): the segment by arithmetic, not a
                 # binary search; the run's calibration is evaluated at every ion (millions).
