@@ -24,8 +24,9 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium not installed: the report's browser test is skipped outside CI"
 
+# --overwrite: a second `make demo` replaces the first one's result (only its own files).
 demo: venv
-	$(BIN)/dask-assign demo
+	$(BIN)/dask-assign demo --overwrite
 
 test: venv browser
 	$(BIN)/ruff check dask_assign tests benchmarks

@@ -93,7 +93,7 @@ def main():
             "made_with": "benchmarks/learned_scorer.py: ../shared/tools/make_eval.py sets from "
                          "RepoRT datasets 0187, 0382, 0027 (CC BY-SA 4.0, RepoRT, Kretschmer, "
                          "Harrieder, Witting et al.)",
-            "noise_settings": NOISE, "report": report})
+            "noise_settings": NOISE, "report": report}, overwrite=True)
         scorers = {"default": base.replace(calibrate=False), "fitted": base,
                    "learned": base.replace(scorer=params)}
         rows = []
@@ -102,7 +102,8 @@ def main():
             for d in folders:
                 for name, config in scorers.items():
                     out = WORK / "results" / f"{d.name}-{name}"
-                    run(d / "peaks.csv", d / "library.csv", out, config, client=client)
+                    run(d / "peaks.csv", d / "library.csv", out, config, client=client,
+                        overwrite=True)
                     rows.append({"group": group, "set": d.name, "scorer": name,
                                  **score(d, out)})
     finally:

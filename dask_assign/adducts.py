@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .chem import ELECTRON_MASS, ParsedFormula, contains, parse_formula
-from .errors import InputError
+from .errors import InputError, unreadable
 
 ADDUCT_COLUMNS = ("name", "mode", "mult", "add", "sub", "charge", "prior")
 
@@ -105,6 +105,8 @@ def read_tabular(path) -> pd.DataFrame:
         raise InputError(str(path), "file not found") from None
     except pd.errors.EmptyDataError:
         raise InputError(str(path), "the file is empty") from None
+    except (OSError, EOFError) as err:  # a folder, a damaged compressed file
+        raise unreadable(path, err) from None
 
 
 def builtin_adducts(mode: str) -> dict[str, Adduct]:

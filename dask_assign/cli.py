@@ -68,8 +68,15 @@ def _add_run_options(p: argparse.ArgumentParser):
                         "CUDA kernels, cudf partitions where RAPIDS is installed")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run with the same inputs and settings")
+    _add_overwrite_option(p)
     _add_tls_options(p)
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _add_overwrite_option(p):
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier dask-assign output in --out: only the files it "
+                        "wrote there; files of yours in the folder are kept")
 
 
 def _add_tls_options(p):
@@ -79,32 +86,61 @@ def _add_tls_options(p):
 
 
 def _config(args):
-    from .config import AssignConfig
+    from .config import AssignConfig, SettingError
     from .model import scorer_params
 
     adducts = tuple(a for a in args.adducts.split(",")) if args.adducts else None
-    return AssignConfig(
-        scorer=scorer_params(getattr(args, "model", DEFAULT_MODEL)),
-        mode=args.mode, adducts=adducts, adduct_table=args.adduct_table, ppm=args.ppm,
-        rt_window=args.rt_window, rt_unit=args.rt_unit, library_rt_unit=args.library_rt_unit,
-        k_first=min(20, args.k_max), k_max=args.k_max, overflow=args.overflow,
-        calibrate=not args.no_calibrate, partition_size=args.partition_size,
-        block_pairs=args.block_pairs, context=not args.no_context, max_coelution=args.max_coelution,
-        device="cuda" if getattr(args, "gpu", False) else "cpu",
-    )
+    try:
+        return AssignConfig(
+            scorer=scorer_params(getattr(args, "model", DEFAULT_MODEL)),
+            mode=args.mode, adducts=adducts, adduct_table=args.adduct_table, ppm=args.ppm,
+            rt_window=args.rt_window, rt_unit=args.rt_unit, library_rt_unit=args.library_rt_unit,
+            k_first=min(20, args.k_max), k_max=args.k_max, overflow=args.overflow,
+            calibrate=not args.no_calibrate, partition_size=args.partition_size,
+            block_pairs=args.block_pairs, context=not args.no_context,
+            max_coelution=args.max_coelution,
+            device="cuda" if getattr(args, "gpu", False) else "cpu",
+        )
+    except SettingError as err:
+        raise InputError(_flag(args, err.name), err.reason) from None
+
+
+def _flag(args, name: str) -> str:
+    """The option that sets the field ``name``: options are named after the fields they set
+    (``k_max`` -> ``--k-max``)."""
+    return "--" + name.replace("_", "-") if name in vars(args) else f"setting {name!r}"
+
+
+def _check_workers(workers):
+    if workers is not None and workers < 1:
+        raise InputError("--workers", f"must be at least 1, not {workers}")
+
+
+def _readable(path):
+    """Refuse, naming it, an input file that is missing, a folder or unreadable."""
+    from .errors import reading
+
+    with reading(path):
+        open(path, "rb").close()
 
 
 def _run(args, peaks, library, out, config=None, columns=None, fmt=None, scheduler=None,
          workers=None) -> dict:
-    import shutil
+    from .output import claim
 
+    # Settings, inputs and the output folder are checked before any cluster starts.
+    config = config or _config(args)
+    _check_workers(args.workers)
+    with claim(out, overwrite=args.overwrite):
+        return _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, workers)
+
+
+def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, workers) -> dict:
     from .cluster import connect
     from .io import read_peaks
-    from .output import input_path
+    from .output import input_path, remove_own_folder
     from .pipeline import prepare_library, run
 
-    # Settings and inputs are checked before any cluster starts.
-    config = config or _config(args)
     columns = columns if columns is not None else args.columns
     space = prepare_library(library, config)
     gpu = config.device.startswith("cuda")
@@ -126,13 +162,14 @@ def _run(args, peaks, library, out, config=None, columns=None, fmt=None, schedul
             print(f"dashboard: {client.dashboard_link}", flush=True)
             summary = run(ddf, space, out, config, client=client, fmt=fmt or args.format,
                           sources={"peaks": peaks, "library": library}, resume=args.resume,
-                          progress=sys.stdout.isatty() and not getattr(args, "quiet", False))
+                          progress=sys.stdout.isatty() and not getattr(args, "quiet", False),
+                          overwrite=args.overwrite)
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_own_folder(workdir)
     summary["dashboard"] = client.dashboard_link
     return summary
 
@@ -193,6 +230,13 @@ def cmd_submit(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .output import claim
+
+    with claim(args.out, overwrite=args.overwrite):  # the run and its report, together
+        return _demo(args)
+
+
+def _demo(args) -> int:
     import pandas as pd
 
     from .evaluate import evaluate
@@ -238,6 +282,17 @@ def _training_sets(args) -> list[tuple]:
 
 
 def cmd_train(args) -> int:
+    from .model import MODEL
+    from .output import claim
+
+    config = _config(args)
+    sets = _training_sets(args)
+    _check_workers(args.workers)
+    with claim(args.out, MODEL, overwrite=args.overwrite):  # before any work
+        return _train(args, config, sets)
+
+
+def _train(args, config, sets) -> int:
     import datetime
 
     from . import __version__
@@ -245,8 +300,6 @@ def cmd_train(args) -> int:
     from .model import MODEL_FIELDS, save_model
     from .training import label_run, train
 
-    config = _config(args)
-    sets = _training_sets(args)
     address = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     client, cluster = connect(address, args.workers, security=_security(args))
     try:
@@ -262,7 +315,7 @@ def cmd_train(args) -> int:
                            for p, lib, t, n in sets],
             "report": report, "created": datetime.datetime.now(datetime.UTC).isoformat(),
             "dask_assign": __version__, "settings": json.loads(config.to_json())}
-    path = save_model(params, args.out, info)
+    path = save_model(params, args.out, info, overwrite=args.overwrite)
     print(f"{'run':<24}{'peaks':>8}{'log loss before':>17}{'after':>9}")
     for name, r in report["runs"].items():
         print(f"{name:<24}{r['peaks']:>8}{r['log_loss_before']:>17.4f}"
@@ -277,6 +330,8 @@ def cmd_train(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
+    if args.truth:
+        _readable(args.truth)
     path = write_report(args.result, args.out, args.truth)
     print(f"report: {path}")
     return 0
@@ -286,13 +341,15 @@ def cmd_evaluate(args) -> int:
     import pandas as pd
 
     from .evaluate import breakdown, evaluate, reliability_png
+    from .output import check_own_file
     from .report import read_table
 
+    plot = check_own_file(Path(args.plot) if args.plot else Path(args.result) / "reliability.png")
+    _readable(args.truth)
     result = read_table(Path(args.result), "assignments")
     truth = pd.read_csv(args.truth, dtype=str)
     scores = evaluate(result, truth)
     parts = breakdown(result, truth)
-    plot = Path(args.plot) if args.plot else Path(args.result) / "reliability.png"
     reliability_png(result, truth, plot)
     if args.json:
         print(json.dumps({**scores, **{k: v.reset_index().to_dict(orient="records")
@@ -324,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--scheduler", help="address of a running Dask scheduler (overrides the job)")
     j.add_argument("--workers", type=int, help="worker processes of the local cluster")
     j.add_argument("--resume", action="store_true")
+    _add_overwrite_option(j)
     _add_tls_options(j)
     j.add_argument("-v", "--verbose", action="store_true")
     j.set_defaults(func=cmd_submit, format=None, columns=None)

@@ -12,6 +12,23 @@ from .curves import Curve
 OVERFLOW_POLICIES = ("prefilter", "rounds", "flag")
 
 
+class SettingError(ValueError):
+    """A setting out of range.
+
+    ``name`` is the :class:`AssignConfig` field, so that each front end names it as its user
+    wrote it: the CLI as its flag (``--k-max``), a job spec as its key (``k_max``).
+
+    Examples
+    --------
+    >>> str(SettingError("k_max", "must be at least 1, not 0"))
+    'k_max: must be at least 1, not 0'
+    """
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+        super().__init__(f"{name}: {reason}")
+
+
 @dataclass(frozen=True)
 class ScorerParams:
     """Parameters of the scorer; as constructed, the untrained generative model of one peak.
@@ -180,34 +197,32 @@ class AssignConfig:
     isotope_ratio_sigma: float = 0.15
 
     def __post_init__(self):
-        if self.mode not in ("positive", "negative"):
-            raise ValueError(f"mode must be 'positive' or 'negative', not {self.mode!r}")
-        if self.rt_unit not in ("auto", "min", "s"):
-            raise ValueError(f"rt_unit must be 'auto', 'min' or 's', not {self.rt_unit!r}")
-        if self.library_rt_unit not in ("min", "s"):
-            raise ValueError(f"library_rt_unit must be 'min' or 's', not {self.library_rt_unit!r}")
-        if self.overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {self.overflow!r}")
-        if not 0 < self.ppm < 1e5:
-            raise ValueError(f"ppm must be positive, not {self.ppm!r}")
-        if not self.rt_window > 0:
-            raise ValueError(f"rt_window must be positive, not {self.rt_window!r}")
-        if not 1 <= self.k_first <= self.k_max:
-            raise ValueError("need 1 <= k_first <= k_max")
-        if self.max_isotope not in (0, 1, 2):
-            raise ValueError("max_isotope must be 0, 1 or 2")
-        if self.max_pairs < 1 or self.partition_size < 1 or self.block_pairs < 1:
-            raise ValueError("max_pairs, partition_size and block_pairs must be positive")
-        if self.refine_widen < 1:
-            raise ValueError("refine_widen must be >= 1")
-        if not self.max_coelution > 0:
-            raise ValueError(f"max_coelution must be positive, not {self.max_coelution!r}")
-        if not 0 < self.context_noise_share < 1:
-            raise ValueError("context_noise_share must lie strictly between 0 and 1")
-        if not self.isotope_ratio_sigma > 0 or self.context_weight < 0:
-            raise ValueError("need isotope_ratio_sigma > 0 and context_weight >= 0")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {self.device!r}")
+        # Each message names its field: the CLI says it as the flag, a job spec as its key.
+        def need(ok, name, rule):
+            if not ok:
+                raise SettingError(name, f"{rule}, not {getattr(self, name)!r}")
+
+        need(self.mode in ("positive", "negative"), "mode", "must be 'positive' or 'negative'")
+        need(self.rt_unit in ("auto", "min", "s"), "rt_unit", "must be 'auto', 'min' or 's'")
+        need(self.library_rt_unit in ("min", "s"), "library_rt_unit", "must be 'min' or 's'")
+        need(self.overflow in OVERFLOW_POLICIES, "overflow",
+             f"must be one of {', '.join(OVERFLOW_POLICIES)}")
+        need(0 < self.ppm < 1e5, "ppm", "must be above 0 and below 100000")
+        need(self.rt_window > 0, "rt_window", "must be positive")
+        need(self.k_max >= 1, "k_max", "must be at least 1")
+        need(1 <= self.k_first <= self.k_max, "k_first",
+             f"must be at least 1 and at most k_max ({self.k_max})")
+        need(self.max_isotope in (0, 1, 2), "max_isotope", "must be 0, 1 or 2")
+        for name in ("max_pairs", "partition_size", "block_pairs"):
+            need(getattr(self, name) >= 1, name, "must be at least 1")
+        need(self.refine_widen >= 1, "refine_widen", "must be at least 1")
+        need(self.max_coelution > 0, "max_coelution", "must be positive")
+        need(0 < self.context_noise_share < 1, "context_noise_share",
+             "must lie strictly between 0 and 1")
+        need(self.isotope_ratio_sigma > 0, "isotope_ratio_sigma", "must be positive")
+        need(self.context_weight >= 0, "context_weight", "must not be negative")
+        need(self.device == "cpu" or self.device.startswith("cuda"), "device",
+             "must be 'cpu' or 'cuda[:N]'")
         if self.adducts is not None:
             object.__setattr__(self, "adducts", tuple(self.adducts))
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import lzma
+import zlib
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 
 class InputError(ValueError):
@@ -61,3 +65,44 @@ class InputError(ValueError):
             more = f" and {len(self.rows) - len(shown)} more" if len(self.rows) > len(shown) else ""
             text += f" ({self.unit} {items}{more})"
         return text
+
+
+def unreadable(source, err: BaseException) -> InputError:
+    """The :class:`InputError` for a file that could not be read, in terms of the user's file.
+
+    Parameters
+    ----------
+    source : str or Path
+        The file being read.
+    err : BaseException
+        What the operating system or a decompressor raised.
+
+    Examples
+    --------
+    >>> str(unreadable("lib", IsADirectoryError(21, "Is a directory")))
+    'lib: is a folder; expected a file'
+    >>> str(unreadable("p.csv.gz", EOFError("ended early")))
+    'p.csv.gz: the compressed file is truncated or damaged (ended early)'
+    """
+    if isinstance(err, IsADirectoryError):
+        return InputError(str(source), "is a folder; expected a file")
+    if isinstance(err, FileNotFoundError):
+        return InputError(str(source), "file not found")
+    if isinstance(err, PermissionError):
+        return InputError(str(source), "permission denied")
+    if isinstance(err, (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)):
+        return InputError(str(source), f"the compressed file is truncated or damaged ({err})")
+    if isinstance(err, OSError) and err.strerror:  # a system call failed: its own words
+        return InputError(str(source), f"cannot read: {err.strerror}")
+    # An OSError with only a message: pyarrow's and bz2's decompressors raise these.
+    return InputError(str(source), f"cannot read ({err})")
+
+
+@contextmanager
+def reading(source):
+    """Turn any error of the operating system or of a decompressor raised while reading
+    ``source`` into an :class:`InputError` naming it (see :func:`unreadable`)."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as err:
+        raise unreadable(source, err) from None

@@ -157,12 +157,19 @@ def breakdown(assignments: pd.DataFrame, truth: pd.DataFrame) -> dict[str, pd.Da
 
 
 def reliability_png(assignments: pd.DataFrame, truth: pd.DataFrame, path, n_bins: int = 10):
-    """Write the reliability diagram (accuracy against predicted probability) as a PNG."""
+    """Write the reliability diagram (accuracy against predicted probability) as a PNG.
+
+    An existing file at ``path`` is replaced only if it is an earlier diagram (it carries the
+    package's mark, see :func:`dask_assign.output.replace_own_file`).
+    """
     import matplotlib
+
+    from .output import GENERATOR, check_own_file, replace_own_file
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    check_own_file(path)  # before any work
     c = correctness(assignments, truth)
     p, hit = c["prob"].to_numpy(), c["correct"].to_numpy(dtype=float)
     b = np.minimum((p * n_bins).astype(int), n_bins - 1)
@@ -172,5 +179,9 @@ def reliability_png(assignments: pd.DataFrame, truth: pd.DataFrame, path, n_bins
     ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o")
     ax.set(xlabel="predicted probability", ylabel="observed accuracy", xlim=(0, 1), ylim=(0, 1),
            title=f"Reliability (ECE {evaluate(assignments, truth, n_bins)['ece']})")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        replace_own_file(path, lambda p: fig.savefig(p, format="png", dpi=100,
+                                                     bbox_inches="tight",
+                                                     metadata={"Software": GENERATOR}))
+    finally:
+        plt.close(fig)

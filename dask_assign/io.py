@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .chem import parse_formula
-from .errors import InputError
+from .errors import InputError, reading
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,13 @@ RT_SECONDS_THRESHOLD = 60.0
 def read_tabular(path, kind: str) -> tuple[pd.DataFrame, str]:
     """Read a CSV, TSV or Parquet file; return the frame and what its row numbers count."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(str(path), f"is a folder; expected a {kind} file (CSV, TSV or Parquet)")
+    with reading(path):  # a truncated or damaged file is named, whatever failed
+        return _read_tabular(path, kind)
+
+
+def _read_tabular(path: Path, kind: str) -> tuple[pd.DataFrame, str]:
     if not path.exists():
         raise InputError(str(path), f"{kind} file not found")
     if path.is_dir() or path.suffix.lower() in (".parquet", ".pq"):
@@ -264,6 +271,10 @@ class _PeakStream:
             raise InputError(self.source, f"duplicated column names {dup}")
 
     def __iter__(self):
+        with reading(self.source):  # a truncated or damaged file is named, whatever failed
+            yield from self._chunks()
+
+    def _chunks(self):
         batches = self._batches()
         cols = None
         offset = 0
@@ -391,7 +402,9 @@ def read_peaks(path, columns=None, rt_unit: str = "auto", partition_size: int = 
         Peaks per partition.
     workdir : str or Path, optional
         Folder for the validated partitions, on a filesystem the workers see; when omitted, a
-        new temporary folder removed when this Python process exits. Emptied first.
+        new temporary folder removed when this Python process exits. Emptied first if this
+        package made it (see :func:`~dask_assign.output.fresh_own_folder`); any other folder
+        that is not empty is refused.
 
     Returns
     -------
@@ -408,10 +421,10 @@ def read_peaks(path, columns=None, rt_unit: str = "auto", partition_size: int = 
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="dask-assign-peaks-"))
         atexit.register(shutil.rmtree, workdir, True)  # lives as long as this process
-    workdir = Path(workdir)
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    from .output import fresh_own_folder, remove_own_folder
+
+    # Only a folder this package made is emptied: anything else there is refused.
+    workdir = fresh_own_folder(workdir)
     schema = pa.schema([("peak_id", pa.string()), ("mz", pa.float64()), ("rt", pa.float64()),
                         ("intensity", pa.float64())])
     stream = _PeakStream(path, columns)
@@ -441,7 +454,7 @@ def read_peaks(path, columns=None, rt_unit: str = "auto", partition_size: int = 
         stream.check_unique(ids_of_rows)
         unit = stream.rt_unit(rt_unit)
     except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_own_folder(workdir)
         raise
     # One partition per file, in file order.
     ddf = dd.read_parquet(files)

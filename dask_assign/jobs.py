@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import AssignConfig
+from .config import AssignConfig, SettingError
 from .errors import InputError
 from .model import DEFAULT_MODEL, NO_MODEL, scorer_params
 
@@ -133,6 +133,8 @@ def load_job(path, allow=()) -> Job:
         raise InputError(str(source), f"'model': {err}") from None
     try:
         config = AssignConfig(**kwargs)
+    except SettingError as err:  # named as the spec names it: the key under 'settings'
+        raise InputError(str(source), f"setting '{err.name}': {err.reason}") from None
     except (TypeError, ValueError) as err:
         raise InputError(str(source), f"bad settings: {err}") from None
     fmt = spec.get("format", "parquet")

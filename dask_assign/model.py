@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import fields
 from importlib.resources import files
 from pathlib import Path
 
 import torch
 
+from . import output
 from .config import ScorerParams
 from .errors import InputError
 from .scoring import LEARNED_WEIGHTS
@@ -38,7 +37,8 @@ def default_model_path() -> Path:
     return Path(str(files("dask_assign") / "data" / "model"))
 
 
-def save_model(params: ScorerParams, path, info: dict | None = None) -> Path:
+def save_model(params: ScorerParams, path, info: dict | None = None,
+               overwrite: bool = False) -> Path:
     """Write a model folder atomically (a complete folder appears, or none).
 
     Parameters
@@ -46,41 +46,62 @@ def save_model(params: ScorerParams, path, info: dict | None = None) -> Path:
     params : ScorerParams
         Only the ``MODEL_FIELDS`` are written.
     path : str or Path
-        The model folder (replaced if it exists).
+        The model folder: absent, empty, or (with ``overwrite``) an earlier model, of which
+        only the two model files are replaced; other files in it are kept. Anything else is
+        refused (see :func:`dask_assign.output.claim`).
     info : dict, optional
         Provenance and scores, stored in ``model.json`` under ``training``.
+    overwrite : bool
+        Replace an earlier model at ``path``.
 
     Returns
     -------
     Path
+
+    Raises
+    ------
+    InputError
+        When ``path`` may not be written.
     """
     from safetensors.torch import save_file
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    with output.claim(path, MODEL, overwrite) as target:
+        staging = output.fresh_own_folder(output.staging_path(target))
+        try:
+            save_file({name: torch.tensor([float(getattr(params, name))], dtype=torch.float64)
+                       for name in MODEL_FIELDS}, str(staging / WEIGHTS_FILE),
+                      metadata={"format": FORMAT, "version": str(VERSION)})
+            config = {"format": FORMAT, "version": VERSION, "weights": list(MODEL_FIELDS),
+                      "values": {name: float(getattr(params, name)) for name in MODEL_FIELDS},
+                      "training": info or {}}
+            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True)
+                                               + "\n")
+            # safetensors writes a private file: give it the modes of any new file, so that
+            # workers running as another user can read it.
+            umask = os.umask(0)
+            os.umask(umask)
+            (staging / WEIGHTS_FILE).chmod(0o666 & ~umask)
+            output.swap_in(staging, target, MODEL)
+        except BaseException:
+            output.remove_own_folder(staging)
+            raise
+    return Path(path)
+
+
+def model_files(folder) -> set[str] | None:
+    """The files of a model folder that the package wrote, or ``None`` when ``folder`` is not
+    a model (its ``model.json`` names the format)."""
     try:
-        save_file({name: torch.tensor([float(getattr(params, name))], dtype=torch.float64)
-                   for name in MODEL_FIELDS}, str(staging / WEIGHTS_FILE),
-                  metadata={"format": FORMAT, "version": str(VERSION)})
-        config = {"format": FORMAT, "version": VERSION, "weights": list(MODEL_FIELDS),
-                  "values": {name: float(getattr(params, name)) for name in MODEL_FIELDS},
-                  "training": info or {}}
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
-        # mkdtemp makes a private folder: give the model the modes of any new file instead,
-        # so workers running as another user can read it.
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)
-        for f in (WEIGHTS_FILE, CONFIG_FILE):
-            (staging / f).chmod(0o666 & ~umask)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        return None
+    return {WEIGHTS_FILE, CONFIG_FILE}
+
+
+#: A model folder of ``train``: recognised by its ``model.json``.
+MODEL = output.Kind("model", CONFIG_FILE, frozenset({WEIGHTS_FILE, CONFIG_FILE}), model_files)
 
 
 def load_model(path, base: ScorerParams | None = None) -> ScorerParams:

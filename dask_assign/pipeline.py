@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -453,7 +452,7 @@ def _table(results, space_key, which, dtypes, ddf) -> dd.DataFrame:
 
 def run(peaks, library, out, config: AssignConfig | None = None, client=None,
         fmt: str = "parquet", columns=None, sources: dict | None = None,
-        resume: bool = False, progress: bool = False) -> dict:
+        resume: bool = False, progress: bool = False, overwrite: bool = False) -> dict:
     """Annotate a peak table and write the results to a folder, atomically.
 
     Parameters
@@ -464,7 +463,9 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
         Library file, or a search space from :func:`prepare_library`.
     out : str or Path
         Output folder: ``assignments.<fmt>``, ``candidates.<fmt>``, ``calibration.json``,
-        ``manifest.json`` and ``_SUCCESS``. Nothing is written there unless the run succeeds.
+        ``manifest.json`` (it lists these files) and ``_SUCCESS``. Nothing is written there
+        unless the run succeeds. It must be absent, empty, or (with ``overwrite``) an earlier
+        result; anything else is refused before any work (:func:`dask_assign.output.claim`).
     config : AssignConfig, optional
     client : distributed.Client, optional
         The cluster to run on; the current client (or scheduler) when omitted.
@@ -480,6 +481,9 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
         identical to an uninterrupted run.
     progress : bool
         Show distributed's progress bar while partitions are scored and written.
+    overwrite : bool
+        Replace an earlier result in ``out``: only the files it lists; other files in the
+        folder are kept, byte for byte.
 
     Returns
     -------
@@ -497,17 +501,18 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
         if isinstance(value, (str, Path)):
             sources.setdefault(key, value)
     space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
-    if isinstance(peaks, dd.DataFrame):
-        return _annotate_to_folder(peaks, space, out, config, client, fmt, sources, resume, t0,
-                                   progress)
-    workdir = output.input_path(out)
-    try:
-        ddf = read_peaks(peaks, columns=columns, rt_unit=config.rt_unit,
-                         partition_size=config.partition_size, workdir=workdir)
-        return _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t0,
-                                   progress)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with output.claim(out, overwrite=overwrite):
+        if isinstance(peaks, dd.DataFrame):
+            return _annotate_to_folder(peaks, space, out, config, client, fmt, sources, resume,
+                                       t0, progress)
+        workdir = output.input_path(out)
+        try:
+            ddf = read_peaks(peaks, columns=columns, rt_unit=config.rt_unit,
+                             partition_size=config.partition_size, workdir=workdir)
+            return _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume,
+                                       t0, progress)
+        finally:
+            output.remove_own_folder(workdir)
 
 
 def package_versions() -> dict:

@@ -103,7 +103,7 @@ def _figures(a: pd.DataFrame, cal: Calibration, scores: dict | None, graded) -> 
 
 
 PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>dask-assign report: {title}</title>
+<html lang="en"><head><meta charset="utf-8">{mark}<title>dask-assign report: {title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
@@ -157,7 +157,8 @@ def write_report(result_dir, out=None, truth=None) -> Path:
     result_dir : str or Path
         A folder written by ``dask-assign run`` (assignments, calibration, manifest).
     out : str or Path, optional
-        Where to write; ``RESULT_DIR/report.html`` by default.
+        Where to write; ``RESULT_DIR/report.html`` by default. An existing file there is
+        replaced only if it is an earlier report (it carries the package's mark).
     truth : str or Path, optional
         A truth table (``peak_id``, ``compound_id``) for the scores and reliability diagram.
 
@@ -166,7 +167,10 @@ def write_report(result_dir, out=None, truth=None) -> Path:
     Path
         The page written.
     """
+    from .output import HTML_MARK, check_own_file, replace_own_file
+
     folder = Path(result_dir)
+    target = check_own_file(Path(out) if out else folder / "report.html")  # before any work
     a = read_table(folder, "assignments")
     manifest = json.loads((folder / "manifest.json").read_text()) \
         if (folder / "manifest.json").exists() else {}
@@ -181,7 +185,7 @@ def write_report(result_dir, out=None, truth=None) -> Path:
                .sort_values("size", ascending=False))
     summary = manifest.get("summary", {})
     page = PAGE.format(
-        title=html.escape(str(folder.resolve())),
+        mark=HTML_MARK, title=html.escape(str(folder.resolve())),
         summary=_table({k: round(v, 4) if isinstance(v, float) else v
                         for k, v in summary.items() if not isinstance(v, dict)}
                        or {"peaks": len(a), "assigned": len(called)}),
@@ -193,6 +197,4 @@ def write_report(result_dir, out=None, truth=None) -> Path:
         adducts=json.dumps([[str(r.adduct), int(r.size), float(r.mean)]
                             for r in adducts.itertuples()]),
     )
-    target = Path(out) if out else folder / "report.html"
-    target.write_text(page, encoding="utf-8")
-    return target
+    return replace_own_file(target, lambda p: p.write_text(page, encoding="utf-8"))

@@ -80,3 +80,20 @@ def undisturbed(big_peaks, tmp_path_factory, local_client):
     out = tmp_path_factory.mktemp("ref") / "out"
     run(big_peaks, DEMO / "library.csv", out, BIG_CONFIG, client=local_client)
     return out
+
+
+@pytest.fixture
+def cli_main(capsys, monkeypatch):
+    """The CLI's own entry point run in this process: ``cli_main(argv) -> (exit code,
+    stderr)``. For refusals, which come before any cluster starts."""
+    from dask_assign.cli import main
+
+    # main sets this for its worker processes: leave the environment as it was.
+    monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED",
+                       os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning"))
+
+    def call(argv):
+        code = main([str(a) for a in argv])
+        return code, capsys.readouterr().err
+
+    return call

@@ -5,6 +5,7 @@ refused with an InputError naming the file, the column and the first bad lines. 
 the refusals also goes through the CLI: exit code 2, one line, nothing written.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -184,7 +185,10 @@ JOB_CASES = [
     ("unknown key", GOOD + "command: rm -rf /\n", ("error", None, r"unknown key\(s\) \['command'\]")),
     ("unknown setting", GOOD + "settings:\n  eval: 1\n", ("error", None, r"unknown setting")),
     ("wrong setting type", GOOD + "settings:\n  ppm: ten\n", ("error", None, "'ppm' must be float")),
-    ("bad setting value", GOOD + "settings:\n  mode: neutral\n", ("error", None, "bad settings")),
+    ("bad setting value", GOOD + "settings:\n  mode: neutral\n",
+     ("error", None, "setting 'mode': must be 'positive' or 'negative', not 'neutral'")),
+    ("setting out of range, named by its key", GOOD + "settings:\n  k_max: 0\n",
+     ("error", None, "setting 'k_max': must be at least 1, not 0$")),
     ("python object tag", GOOD + "name: !!python/object/apply:os.system ['true']\n",
      ("error", None, "not valid YAML")),
     ("not a mapping", "- a\n- b\n", ("error", None, "a mapping")),
@@ -294,3 +298,82 @@ def test_null_spellings_are_ids_in_id_columns_and_missing_in_numbers(tmp_path):
     lib = tmp_path / "lib.csv"
     lib.write_text("compound_id,formula,rt\nNA,C6H12O6,NA\n")
     assert read_library(lib)["compound_id"].tolist() == ["NA"]
+
+
+def _damaged_gz(tmp_path, name, source, how):
+    import gzip
+
+    data = gzip.compress(source.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 3]
+    else:  # bytes in the middle of the stream overwritten
+        mid = len(data) // 2
+        data = data[:mid] + bytes(range(256)) * 2 + data[mid + 512:]
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt"])
+@pytest.mark.parametrize("reader", ["load_peaks", "read_peaks", "read_library"])
+def test_a_damaged_compressed_file_is_named(tmp_path, reader, how):
+    source = DEMO / ("library.csv" if reader == "read_library" else "peaks.csv")
+    path = _damaged_gz(tmp_path, source.name + ".gz", source, how)
+    call = {"load_peaks": load_peaks, "read_library": read_library,
+            "read_peaks": lambda p: read_peaks(p, workdir=tmp_path / "w")}[reader]
+    with pytest.raises(InputError) as err:
+        call(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg, msg
+    assert not (tmp_path / "w").exists()
+
+
+def test_errors_of_the_os_and_of_decompressors_name_the_file():
+    import gzip
+    import lzma
+    import zlib
+
+    from dask_assign.errors import reading
+
+    cases = [(EOFError("Compressed file ended before the end-of-stream marker was reached"),
+              "the compressed file is truncated or damaged"),
+             (gzip.BadGzipFile("Not a gzipped file (b'pe')"), "truncated or damaged"),
+             (zlib.error("Error -3 while decompressing data"), "truncated or damaged"),
+             (lzma.LZMAError("Corrupt input data"), "truncated or damaged"),
+             (OSError("zlib inflate failed: incorrect header check"), "cannot read (zlib"),
+             (OSError(5, "Input/output error"), "cannot read: Input/output error"),
+             (PermissionError(13, "Permission denied"), "permission denied"),
+             (IsADirectoryError(21, "Is a directory"), "is a folder; expected a file")]
+    for raised, expect in cases:
+        with pytest.raises(InputError) as err, reading("peaks.csv.gz"):
+            raise raised
+        assert str(err.value).startswith("peaks.csv.gz: ") and expect in str(err.value)
+
+
+def test_a_folder_where_a_file_is_expected(tmp_path):
+    from dask_assign.training import read_truth
+
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    (folder / "library.csv").write_bytes((DEMO / "library.csv").read_bytes())
+    for call, expect in ((read_library, "is a folder; expected a library file"),
+                         (lambda p: select_adducts("positive", None, str(p)), "is a folder"),
+                         (read_truth, "is a folder; expected a truth file")):
+        with pytest.raises(InputError) as err:
+            call(folder)
+        assert str(err.value).startswith(f"{folder}: ") and expect in str(err.value)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report", "run-adducts", "run-library"])
+def test_cli_names_a_folder_given_for_a_file(tmp_path, cli_main, command):
+    folder = tmp_path / "truth"
+    folder.mkdir()
+    result = tmp_path / "result"  # evaluate and report refuse before they read the result
+    argv = {"evaluate": ["evaluate", result, "--truth", folder],
+            "report": ["report", result, "--truth", folder],
+            "run-adducts": ["run", DEMO / "peaks.csv", DEMO / "library.csv", "--out",
+                            tmp_path / "out", "--adduct-table", folder],
+            "run-library": ["run", DEMO / "peaks.csv", folder, "--out", tmp_path / "out"]}
+    code, err = cli_main(argv[command])
+    assert code == 2 and err.startswith(f"dask-assign: error: {folder}: is a folder"), err
+    assert err.count("\n") == 1 and sorted(os.listdir(tmp_path)) == ["truth"]

@@ -1,5 +1,8 @@
 """The command line, end to end, on a LocalCluster started by the command itself."""
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -85,3 +88,139 @@ def test_shipped_demo_job_spec_loads():
     root = DEMO.parents[2]
     job = load_job(root / "jobs" / "demo.yaml", allow=[root])
     assert job.peaks == (DEMO / "peaks.csv").resolve() and job.format == "parquet"
+
+
+# What each command may touch: a folder of the user's survives byte for byte -------------
+
+@pytest.fixture(scope="module")
+def result(local_client, tmp_path_factory):
+    """A real result of the demo set."""
+    from dask_assign.pipeline import run
+
+    out = tmp_path_factory.mktemp("cli") / "result"
+    run(DEMO / "peaks.csv", DEMO / "library.csv", out, client=local_client)
+    return out
+
+
+def tree(folder):
+    """Every entry under ``folder`` with its bytes: nothing written, changed or removed."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+            for p in sorted(folder.rglob("*"))}
+
+
+P, L, T = DEMO / "peaks.csv", DEMO / "library.csv", DEMO / "truth.csv"
+EVERY_COMMAND = [  # (id, argv with {mine} the user's folder, the path the refusal names)
+    ("run", ["run", P, L, "--out", "{mine}"], "{mine}"),
+    ("run --overwrite", ["run", P, L, "--out", "{mine}", "--overwrite"], "{mine}"),
+    ("run --resume", ["run", P, L, "--out", "{mine}", "--resume"], "{mine}"),
+    ("run --resume --overwrite", ["run", P, L, "--out", "{mine}", "--resume", "--overwrite"],
+     "{mine}"),
+    ("run: OUT.partial is the user's", ["run", P, L, "--out", "{tmp}/res", "--resume",
+                                        "--overwrite"], "{tmp}/res.partial"),
+    ("run: OUT.input is the user's", ["run", P, L, "--out", "{tmp}/res", "--overwrite"],
+     "{tmp}/res.input"),
+    ("submit --overwrite", ["submit", "{tmp}/job.yaml", "--overwrite"], "{mine}"),
+    ("submit --resume", ["submit", "{tmp}/job.yaml", "--resume"], "{mine}"),
+    ("train --overwrite", ["train", "--set", DEMO, "--out", "{mine}", "--overwrite"], "{mine}"),
+    ("demo --overwrite", ["demo", "--out", "{mine}", "--overwrite"], "{mine}"),
+    ("report --out FILE", ["report", "{result}", "--out", "{mine}/notes.txt"],
+     "{mine}/notes.txt"),
+    ("report --out FOLDER", ["report", "{result}", "--out", "{mine}"], "{mine}"),
+    ("evaluate --plot FILE", ["evaluate", "{result}", "--truth", T, "--plot",
+                              "{mine}/figure.png"], "{mine}/figure.png"),
+]
+
+
+@pytest.mark.parametrize("argv,named", [c[1:] for c in EVERY_COMMAND],
+                         ids=[c[0] for c in EVERY_COMMAND])
+def test_a_folder_of_the_users_survives_every_command(result, tmp_path, cli_main, argv, named):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("two years of notes\n")
+    (mine / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n my figure")
+    (mine / "raw").mkdir()
+    (mine / "raw" / "run1.mzML").write_bytes(bytes(range(256)) * 64)
+    for beside in (".partial", ".input"):  # the user's, under the name of a folder of ours
+        if named.endswith(beside):
+            (tmp_path / f"res{beside}").mkdir()
+            (tmp_path / f"res{beside}" / "keep.txt").write_text("mine")
+    (tmp_path / "job.yaml").write_text(f"peaks: {P}\nlibrary: {L}\nout: mine\n")
+    res = tmp_path / "result"
+    shutil.copytree(result, res)
+    fill = {"mine": mine, "tmp": tmp_path, "result": res}
+    before = tree(tmp_path)
+    code, err = cli_main([str(a).format(**fill) for a in argv + (
+        ["--allow", DEMO.parent] if argv[0] == "submit" else [])])
+    assert code == 2
+    assert err.startswith(f"dask-assign: error: {named.format(**fill)}: "), err
+    assert err.count("\n") == 1, err
+    assert tree(tmp_path) == before  # nothing written, nothing removed
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_only_the_files_dask_assign_wrote(result, tmp_path):
+    from dask_assign.output import lock_path, replaced_path
+    from dask_assign.report import write_report
+
+    out = tmp_path / "result"
+    shutil.copytree(result, out)
+    write_report(out)  # the package's own report of the old result: replaced as well
+    (out / "notes.txt").write_text("what I saw in this run\n")
+    (out / "raw").mkdir()
+    (out / "raw" / "run1.mzML").write_bytes(bytes(range(256)) * 64)
+    (out / "latest").symlink_to("notes.txt")
+    mine = {p: (p.read_bytes(), p.stat().st_ino) for p in (out / "notes.txt",
+                                                           out / "raw" / "run1.mzML")}
+    old_files = set(json.loads((out / "manifest.json").read_text())["files"])
+    res = cli("run", DEMO / "peaks.csv", DEMO / "library.csv", "--out", out, "--workers", "1",
+              "--format", "csv", "--overwrite")
+    assert res.returncode == 0, res.stderr
+    new_files = json.loads((out / "manifest.json").read_text())["files"]
+    assert new_files == sorted(["_SUCCESS", "assignments.csv", "calibration.json",
+                                "candidates.csv", "context.json", "manifest.json"])
+    assert sorted(os.listdir(out)) == sorted([*new_files, "notes.txt", "raw", "latest"])
+    assert {"assignments.parquet", "candidates.parquet"} <= old_files  # gone now, with the report
+    for path, (data, inode) in mine.items():  # the same files, not copies
+        assert path.read_bytes() == data and path.stat().st_ino == inode
+    assert os.readlink(out / "latest") == "notes.txt"
+    assert len(pd.read_csv(out / "assignments.csv")) == 1119
+    assert sorted(os.listdir(tmp_path)) == ["result"]  # no .partial, .input, .replaced, lock
+    assert not replaced_path(out).exists() and not lock_path(out).exists()
+
+
+@pytest.mark.slow
+def test_two_runs_started_at_once_leave_one_complete_result(tmp_path):
+    out = tmp_path / "result"
+    args = [sys.executable, "-m", "dask_assign.cli", "run", str(DEMO / "peaks.csv"),
+            str(DEMO / "library.csv"), "--out", str(out), "--workers", "1"]
+    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], errs
+    loser = errs[codes.index(2)]
+    # Refused while the other one ran (its lock), or after it (its finished result).
+    assert loser.count("\n") == 1 and loser.startswith(f"dask-assign: error: {out}: ")
+    assert "another dask-assign command is writing it" in loser or "--overwrite" in loser
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(os.listdir(out)) == manifest["files"]
+    assert len(pd.read_parquet(out / "assignments.parquet")) == 1119
+    assert sorted(os.listdir(tmp_path)) == ["result"]
+
+
+FLAG_CASES = [  # an option out of range is named by its flag, as the user wrote it
+    (["--k-max", "0"], "--k-max: must be at least 1, not 0"),
+    (["--ppm", "0"], "--ppm: must be above 0 and below 100000, not 0.0"),
+    (["--rt-window", "-1"], "--rt-window: must be positive, not -1.0"),
+    (["--partition-size", "0"], "--partition-size: must be at least 1, not 0"),
+    (["--block-pairs", "-5"], "--block-pairs: must be at least 1, not -5"),
+    (["--max-coelution", "0"], "--max-coelution: must be positive, not 0.0"),
+    (["--workers", "0"], "--workers: must be at least 1, not 0"),
+]
+
+
+@pytest.mark.parametrize("extra,message", FLAG_CASES, ids=[c[0][0] for c in FLAG_CASES])
+def test_an_option_out_of_range_is_named_by_its_flag(tmp_path, cli_main, extra, message):
+    code, err = cli_main(["run", P, L, "--out", tmp_path / "out", *extra])
+    assert code == 2 and err == f"dask-assign: error: {message}\n"
+    assert os.listdir(tmp_path) == []

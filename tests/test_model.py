@@ -91,6 +91,6 @@ def test_saving_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(model.json, "dumps", broken)
     with pytest.raises(OSError):
-        save_model(ScorerParams(), path)
+        save_model(ScorerParams(), path, overwrite=True)
     assert load_model(path) == TRAINED
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -77,10 +77,10 @@ def test_interrupted_cli_run_resumes_to_identical_output(big_peaks, undisturbed,
 
 
 def test_resume_refuses_other_settings(local_client, tmp_path):
+    from dask_assign.output import open_staging
+
     out = tmp_path / "out"
-    staging = tmp_path / "out.partial"
-    staging.mkdir()
-    (staging / "fingerprint.json").write_text("{}")
+    open_staging(out, {"inputs": "other"})  # an interrupted run of other inputs
     with pytest.raises(InputError, match="cannot resume"):
         run(DEMO / "peaks.csv", DEMO / "library.csv", out, client=local_client, resume=True)
     assert not out.exists()
