@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import DEMO_DATA
 from .errors import InputError
+from .output import FORMATS
 
 #: The shipped scorer model (``--model default``); see :mod:`dask_assign.model`.
 DEFAULT_MODEL = "default"
@@ -59,7 +60,9 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--block-pairs", type=int, default=2_000_000,
                    help="kept candidate pairs an RT block may hold, about (about 650 bytes "
                         "each at a block's peak): crowded runs get more, smaller blocks")
-    p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    p.add_argument("--format", choices=FORMATS, default="parquet",
+                   help="tables as Parquet or CSV; mztab: an mzTab-M 2.0 file beside the "
+                        "Parquet tables")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: "
                    "$DASK_SCHEDULER_ADDRESS, else a new local cluster)")
     p.add_argument("--workers", type=int, help="worker processes of the local cluster")
@@ -240,14 +243,14 @@ def _demo(args) -> int:
     import pandas as pd
 
     from .evaluate import evaluate
+    from .report import read_table
 
     out = Path(args.out)
     t0 = time.perf_counter()
     summary = _run(args, DEMO_DATA / "peaks.csv", DEMO_DATA / "library.csv", out)
     print("dask-assign demo: RepoRT 0392 (reversed phase, positive mode; CC BY-SA 4.0)")
     _print_summary(summary, out)
-    result = pd.read_parquet(out / "assignments.parquet") if args.format == "parquet" \
-        else pd.read_csv(out / "assignments.csv", dtype={"peak_id": str, "compound_id": str})
+    result = read_table(out, "assignments")
     scores = evaluate(result, pd.read_csv(DEMO_DATA / "truth.csv", dtype=str))
     print("accuracy against the shipped truth:")
     print("  " + "  ".join(f"{k}={v}" for k, v in scores.items()))

@@ -1,15 +1,38 @@
-"""Readers for peak tables and compound libraries (CSV, TSV, Parquet), with validation.
+"""Readers for peak tables and compound libraries (CSV, TSV, Parquet; text files may be gzipped),
+with validation.
 
-Peak tables exported by XCMS, MZmine, MS-DIAL and asari are recognised by their column names;
-any other table is read through an explicit column mapping. Every problem is reported as an
-:class:`~dask_assign.errors.InputError` naming the file, the column and the first bad rows.
+Peak tables are read as the field's tools write them, with no options: each tool's layout is one
+row of :data:`LAYOUTS` (the columns that tell it apart, its id, m/z and RT columns, the RT unit,
+where its per-sample intensities are). The header is the first line a layout recognises, so rows
+above it (MS-DIAL's four rows of sample metadata) are skipped; the tool's own id column is
+always ``peak_id`` (XCMS row names, MZmine ``id`` / ``row ID``, MS-DIAL ``Alignment ID``, asari
+``id_number``). Any other table is read by its column names (:data:`PEAK_ALIASES`) or an explicit
+column mapping, which also overrides a layout.
+
+**Intensity.** Where a layout has per-sample intensity columns (MS-DIAL samples, MZmine 3
+``datafile:FILE:area``, MZmine 2 ``FILE Peak area``, asari's sample columns), a peak's intensity
+is the median over the samples where it was detected (value > 0; missing and 0 are "not
+detected"), the same rule for every tool, so one run exported by two tools gets one intensity.
+The tools' own summary columns (MZmine ``height``/``area``, asari ``peak_area``) are not used
+for those layouts: they mean different things in each tool. XCMS ``featureDefinitions()`` has
+no intensity (its per-group columns count peaks), so its peaks have none unless a column
+named like an intensity (``into``, ``intensity``, ...) was added. Which source was used is logged
+(``-v``).
+
+Every problem is reported as an :class:`~dask_assign.errors.InputError` naming the file, the
+column and the first bad rows.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import logging
 import math
+import re
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +44,65 @@ from .errors import InputError, reading
 
 log = logging.getLogger(__name__)
 
-#: Column names of peak tables by exporting tool, checked in order (case-insensitive).
+
+@dataclass(frozen=True)
+class Layout:
+    """How one tool lays out its peak table.
+
+    Attributes
+    ----------
+    tool : str
+        The tool and export, for messages.
+    signature : tuple of str
+        Regular expressions (whole name, case-insensitive): a header is this tool's when each
+        matches one of its column names.
+    peak_id, mz, rt : str
+        The tool's id, m/z and RT columns (case-insensitive); ``peak_id=""`` is an unnamed
+        first column (R's row names, as ``write.csv`` writes them).
+    rt_unit : {"min", "s"}
+        The unit the tool writes RT in.
+    samples : str, optional
+        Where the per-sample intensities are: a regular expression for their column names,
+        ``"after:COLUMN"`` (every column after that one) or ``"metadata"`` (the columns that
+        the rows above the header describe). None where the table has none.
+    """
+
+    tool: str
+    signature: tuple
+    peak_id: str
+    mz: str
+    rt: str
+    rt_unit: str
+    samples: str | None = None
+
+
+#: The layouts of the field's tools, checked in order (see the module docstring).
+LAYOUTS = (
+    # featureDefinitions() through write.csv: feature ids as row names; per-group columns
+    # between npeaks and peakidx count peaks, they are no intensities.
+    Layout("XCMS featureDefinitions", ("mzmed", "rtmed", "npeaks"), peak_id="", mz="mzmed",
+           rt="rtmed", rt_unit="s"),
+    Layout("MZmine 3 feature list", ("id", "mz", "rt", r"datafile:.+"), peak_id="id", mz="mz",
+           rt="rt", rt_unit="min", samples=r"datafile:(.+):area"),
+    Layout("MZmine 2 / GNPS", ("row id", "row m/z", "row retention time"), peak_id="row ID",
+           mz="row m/z", rt="row retention time", rt_unit="min", samples=r"(.+) peak area"),
+    Layout("MS-DIAL alignment", ("alignment id", "average mz", r"average rt\(min\)"),
+           peak_id="Alignment ID", mz="Average Mz", rt="Average Rt(min)", rt_unit="min",
+           samples="metadata"),
+    Layout("asari feature table", ("id_number", "mz", "rtime", "detection_counts"),
+           peak_id="id_number", mz="mz", rt="rtime", rt_unit="s",
+           samples="after:detection_counts"),
+)
+#: What reading a damaged gzip stream raises (bad header, truncated, corrupt data).
+GZIP_ERRORS = (OSError, EOFError, zlib.error)
+#: Lines searched for a header a layout recognises (MS-DIAL has four rows above its header).
+HEADER_SEARCH = 20
+#: Labels of MS-DIAL's summary columns in its metadata rows (class averages and spreads); the
+#: header names these columns by class, so each is renamed "Average CLASS" / "Stdev CLASS".
+SUMMARY_LABELS = ("Average", "Stdev")
+
+#: Column names of peak tables by exporting tool, checked in order (case-insensitive), for
+#: tables no layout recognises and for what a layout leaves open.
 PEAK_ALIASES = {
     "peak_id": ["peak_id", "id", "feature_id", "featureid", "row id", "alignment id",
                 "id_number", "name", "feature"],
@@ -31,9 +112,9 @@ PEAK_ALIASES = {
     "intensity": ["intensity", "into", "maxo", "row height", "row area", "peak_area",
                   "peak_height", "height", "area"],
 }
-#: RT units implied by the exporting tool's column name.
-RT_UNIT_OF_ALIAS = {"rtmed": "s", "rtime": "s", "row retention time": "min",
-                    "average rt(min)": "min", "rt_min": "min"}
+#: RT units implied by a column name alone: the tools' own RT names (a bare "rt" says nothing).
+RT_UNIT_OF_ALIAS = {**{lay.rt.lower(): lay.rt_unit for lay in LAYOUTS if lay.rt.lower() != "rt"},
+                    "rt_min": "min"}
 
 LIBRARY_ALIASES = {
     "compound_id": ["compound_id", "id", "identifier", "compound", "hmdb_id", "accession"],
@@ -53,8 +134,47 @@ MZ_WARN = 5000.0
 RT_SECONDS_THRESHOLD = 60.0
 
 
+def _text_suffix(path: Path) -> str:
+    """The suffix that says what a text file holds, under a ``.gz``: ``.csv`` of ``x.csv.gz``."""
+    suffix = path.suffix.lower()
+    return Path(path.stem).suffix.lower() if suffix == ".gz" else suffix
+
+
+def _open_text(path: Path):
+    """A text file, decompressed on the fly when it is gzipped (``.gz``)."""
+    raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _read_error(path: Path, err) -> InputError:
+    what = "the compressed file" if Path(path).suffix.lower() == ".gz" else "the file"
+    return InputError(str(path), f"cannot read {what}: {err}")
+
+
+def head_lines(path, n: int = HEADER_SEARCH) -> list[str]:
+    """The first ``n`` lines of a (possibly gzipped) text file, without line ends.
+
+    Raises
+    ------
+    InputError
+        When a gzipped file is damaged.
+    """
+    path = Path(path)
+    lines = []
+    try:
+        with _open_text(path) as fh:
+            for line in fh:
+                lines.append(line.rstrip("\r\n"))
+                if len(lines) == n:
+                    break
+    except GZIP_ERRORS as err:
+        raise _read_error(path, err) from None
+    return lines
+
+
 def read_tabular(path, kind: str) -> tuple[pd.DataFrame, str]:
-    """Read a CSV, TSV or Parquet file; return the frame and what its row numbers count."""
+    """Read a CSV, TSV (either possibly gzipped) or Parquet file; return the frame and what its
+    row numbers count."""
     path = Path(path)
     if path.is_dir():
         raise InputError(str(path), f"is a folder; expected a {kind} file (CSV, TSV or Parquet)")
@@ -72,11 +192,10 @@ def _read_tabular(path: Path, kind: str) -> tuple[pd.DataFrame, str]:
             raise InputError(str(path), f"cannot read Parquet: {err}") from None
         unit = "rows"
     else:
-        with open(path, "rb") as fh:
-            head = fh.read(65536).decode("utf-8-sig", errors="replace")
-        if not head.strip():
+        lines = head_lines(path, 1)
+        if not lines or not lines[0].strip():
             raise InputError(str(path), f"the {kind} file is empty")
-        sep = sniff_delimiter(path, head.splitlines()[0])
+        sep = sniff_delimiter(path, lines[0])
         try:
             # Everything as text first: numbers are converted below, so a bad cell can be named.
             frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
@@ -85,6 +204,8 @@ def _read_tabular(path: Path, kind: str) -> tuple[pd.DataFrame, str]:
             raise InputError(str(path), f"the {kind} file is empty") from None
         except (pd.errors.ParserError, UnicodeDecodeError) as err:
             raise InputError(str(path), f"cannot parse: {str(err).strip()}") from None
+        except GZIP_ERRORS as err:
+            raise _read_error(path, err) from None
         unit = "lines"
     frame.columns = [str(c).strip() for c in frame.columns]
     dup = frame.columns[frame.columns.duplicated()].tolist()
@@ -96,10 +217,111 @@ def _read_tabular(path: Path, kind: str) -> tuple[pd.DataFrame, str]:
 
 
 def sniff_delimiter(path: Path, first_line: str) -> str:
-    """Tab for .tsv/.tab/.txt, else whichever of comma, tab and semicolon the header uses most."""
-    if path.suffix.lower() in (".tsv", ".tab", ".txt") and "\t" in first_line:
+    """Tab for .tsv/.tab/.txt (also gzipped), else whichever of comma, tab and semicolon the
+    header uses most."""
+    if _text_suffix(Path(path)) in (".tsv", ".tab", ".txt") and "\t" in first_line:
         return "\t"
     return max([",", "\t", ";"], key=first_line.count)
+
+
+def _split(line: str, sep: str) -> list[str]:
+    return [n.strip().strip('"') for n in next(csv.reader([line], delimiter=sep))]
+
+
+def detect_layout(names) -> Layout | None:
+    """The first of :data:`LAYOUTS` whose signature the column ``names`` match, else None."""
+    for layout in LAYOUTS:
+        if all(any(re.fullmatch(pattern, n, re.IGNORECASE) for n in names)
+               for pattern in layout.signature):
+            return layout
+    return None
+
+
+@dataclass
+class Header:
+    """Where a text table's header is and what it says (see :func:`find_header`).
+
+    Attributes
+    ----------
+    line : int
+        Lines above the header (0-based line number of the header).
+    sep : str
+    names : list of str
+        Column names, made unique where the layout says how (MS-DIAL's summary columns).
+    layout : Layout or None
+    samples : list of str
+        The per-sample intensity columns, in file order (empty when there are none).
+    sample_metadata : dict
+        ``{label: {sample: value}}`` from the rows above the header (MS-DIAL: Class, File type,
+        Injection order, Batch ID).
+    """
+
+    line: int
+    sep: str
+    names: list
+    layout: Layout | None
+    samples: list
+    sample_metadata: dict
+
+
+def find_header(path, lines: list[str]) -> Header:
+    """The header of a peak table: the first of ``lines`` whose names a layout recognises
+    (rows above it are metadata), else the first line.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (its suffix says whether tabs are expected).
+    lines : list of str
+        Its first lines (:func:`head_lines`).
+
+    Returns
+    -------
+    Header
+    """
+    for k, line in enumerate(lines):
+        sep = sniff_delimiter(Path(path), line)
+        names = _split(line, sep)
+        layout = detect_layout(names)
+        if layout is not None:
+            meta_rows = [_split(row, sep) for row in lines[:k]]
+            return _with_samples(Header(k, sep, names, layout, [], {}), meta_rows)
+    sep = sniff_delimiter(Path(path), lines[0])
+    return _with_samples(Header(0, sep, _split(lines[0], sep), None, [], {}), [])
+
+
+def _with_samples(header: Header, meta_rows: list[list[str]]) -> Header:
+    """Fill in the per-sample columns the header's layout names (and their metadata)."""
+    layout, names = header.layout, header.names
+    if layout is None or layout.samples is None:
+        return header
+    if layout.samples == "metadata":
+        # The labels (Class, File type, ...) stand in the column just before the first sample.
+        rows = [r for r in meta_rows if any(c for c in r)]
+        if not rows:
+            return header
+        label_col = next(i for i, c in enumerate(rows[0]) if c)
+        names = list(names)
+        samples, meta = [], {}
+        for j in range(label_col + 1, len(names)):
+            cells = [r[j] if j < len(r) else "" for r in rows]
+            summary = next((c for c in cells if c in SUMMARY_LABELS), None)
+            if summary is not None:
+                names[j] = f"{summary} {names[j]}"
+                continue
+            samples.append(names[j])
+            for r, c in zip(rows, cells, strict=True):
+                label = r[label_col] if label_col < len(r) else ""
+                meta.setdefault(label, {})[names[j]] = c
+        header.names, header.samples, header.sample_metadata = names, samples, meta
+    elif layout.samples.startswith("after:"):
+        lower = [n.lower() for n in names]
+        after = layout.samples.split(":", 1)[1].lower()
+        if after in lower:
+            header.samples = [n for n in names[lower.index(after) + 1:] if n]
+    else:
+        header.samples = [n for n in names if re.fullmatch(layout.samples, n, re.IGNORECASE)]
+    return header
 
 
 def _row_numbers(index, unit: str) -> list[int]:
@@ -112,17 +334,24 @@ def _lines(frame, idx, unit: str) -> list[int]:
     return _row_numbers(frame.index.to_numpy()[idx], unit)
 
 
-def _resolve_columns(frame, aliases, explicit, required, source) -> dict[str, str]:
-    """Map canonical names to the frame's columns: explicit mapping first, then aliases."""
-    explicit = dict(explicit or {})
-    lower = {c.lower(): c for c in frame.columns}
+def _resolve_columns(columns, aliases, explicit, required, source, preset=None,
+                     skip=()) -> dict[str, str]:
+    """Map canonical names to ``columns``: the explicit mapping first, then ``preset`` (a
+    layout's columns), then the aliases (except for the canonical names in ``skip``)."""
+    columns = list(columns)
+    explicit, preset = dict(explicit or {}), dict(preset or {})
+    lower = {c.lower(): c for c in columns}
     found = {}
-    for canon, names in aliases.items():
+    for canon in aliases:
         if canon in explicit:
-            if explicit[canon] not in frame.columns:
+            if explicit[canon] not in columns:
                 raise InputError(source, f"mapped column {explicit[canon]!r} for {canon!r} not "
-                                 f"found; columns are {list(frame.columns)}")
+                                 f"found; columns are {columns}")
             found[canon] = explicit[canon]
+        elif canon in preset:
+            found[canon] = preset[canon]
+    for canon, names in aliases.items():
+        if canon in found or canon in skip:
             continue
         for name in names:
             if name in lower and lower[name] not in found.values():
@@ -132,11 +361,28 @@ def _resolve_columns(frame, aliases, explicit, required, source) -> dict[str, st
     if missing:
         raise InputError(
             source,
-            f"missing column(s) {missing}: found {list(frame.columns)}; recognised names for "
+            f"missing column(s) {missing}: found {columns}; recognised names for "
             + "; ".join(f"{m}: {aliases[m]}" for m in missing)
             + " (or map them explicitly, e.g. --columns mz=MyMz)",
         )
     return found
+
+
+def layout_columns(layout: Layout, names) -> dict[str, str]:
+    """The columns a layout names (``peak_id``, ``mz``, ``rt``) that ``names`` has."""
+    names = list(names)
+    lower = {n.lower(): n for n in names}
+    out = {}
+    if layout.peak_id == "":
+        if names and names[0] == "":
+            out["peak_id"] = ""
+    elif layout.peak_id.lower() in lower:
+        out["peak_id"] = lower[layout.peak_id.lower()]
+    for canon in ("mz", "rt"):
+        column = getattr(layout, canon).lower()
+        if column in lower:
+            out[canon] = lower[column]
+    return out
 
 
 def _numeric(frame, column, source, unit, allow_missing=False) -> np.ndarray:
@@ -215,7 +461,8 @@ class _PeakStream:
 
     Iterating yields pandas frames ``peak_id, mz, rt, intensity`` (RT in the file's unit);
     afterwards ``rt_max``, ``rt_column`` and the id hashes are known for the checks that need
-    the whole file (duplicate ids, RT unit).
+    the whole file (duplicate ids, RT unit). The layout, columns and samples are known once
+    the header has been read.
     """
 
     def __init__(self, path, columns=None, batch_rows: int = 500_000):
@@ -224,6 +471,7 @@ class _PeakStream:
         self.rt_max, self.rt_column = -np.inf, None
         self.hashes, self.unit = [], "rows"
         self.n_high_mz = 0
+        self.header = None  # a Header (text and Parquet alike)
 
     def _batches(self):
         import pyarrow.csv as pacsv
@@ -235,34 +483,40 @@ class _PeakStream:
         if path.is_dir() or path.suffix.lower() in (".parquet", ".pq"):
             try:
                 dataset = pads.dataset(path, format="parquet")
-                names = dataset.schema.names
+                names = [str(n).strip() for n in dataset.schema.names]
                 batches = dataset.to_batches(batch_size=self.batch_rows)
             except Exception as err:  # pyarrow raises many types for a damaged file
                 raise InputError(self.source, f"cannot read Parquet: {err}") from None
             self.unit = "rows"
-        else:
-            with open(path, "rb") as fh:
-                head = fh.read(65536).decode("utf-8-sig", errors="replace")
-            if not head.strip():
-                raise InputError(self.source, "the peak file is empty")
-            first = head.splitlines()[0]
-            sep = sniff_delimiter(path, first)
-            names = [n.strip().strip('"') for n in next(csv.reader([first], delimiter=sep))]
+            layout = detect_layout(names)
+            self.header = _with_samples(Header(0, "", names, layout, [], {}), [])
             self._check_names(names)
+        else:
+            lines = head_lines(path)
+            if not lines or not "".join(lines).strip():
+                raise InputError(self.source, "the peak file is empty")
+            self.header = header = find_header(path, lines)
+            self._check_names(header.names)
             try:
+                # Names given, so the rows above the header and the header itself are skipped
+                # (and MS-DIAL's renamed summary columns keep their new names).
                 batches = pacsv.open_csv(
-                    path, read_options=pacsv.ReadOptions(block_size=1 << 24),
-                    parse_options=pacsv.ParseOptions(delimiter=sep),
+                    path, read_options=pacsv.ReadOptions(
+                        block_size=1 << 24, skip_rows=header.line + 1,
+                        column_names=header.names),
+                    parse_options=pacsv.ParseOptions(delimiter=header.sep),
                     # Text first: numbers are converted here, so a bad cell can be named.
                     convert_options=pacsv.ConvertOptions(
-                        column_types={n: pa.string() for n in names},
+                        column_types={n: pa.string() for n in header.names},
                         strings_can_be_null=True, null_values=[""]))
             except pa.ArrowInvalid as err:
                 raise InputError(self.source, f"cannot parse: {err}") from None
+            except GZIP_ERRORS as err:
+                raise _read_error(path, err) from None
             self.unit = "lines"
-        if self.unit == "rows":  # text headers were checked before the reader opened
-            self._check_names(names)
-        self.names = [str(n).strip() for n in names]
+        self.names = self.header.names
+        self.cols = self._columns()
+        self.rt_column = self.cols["rt"]
         return batches
 
     def _check_names(self, names):
@@ -270,46 +524,77 @@ class _PeakStream:
         if dup:
             raise InputError(self.source, f"duplicated column names {dup}")
 
+    def _columns(self) -> dict:
+        """Canonical columns; the intensity from the samples where the layout has some."""
+        header = self.header
+        layout = header.layout
+        preset = layout_columns(layout, header.names) if layout else {}
+        use_samples = bool(header.samples) and "intensity" not in (self.explicit or {})
+        cols = _resolve_columns(header.names, PEAK_ALIASES, self.explicit, ("mz", "rt"),
+                                self.source, preset=preset,
+                                skip=("intensity",) if use_samples else ())
+        self.samples = header.samples if use_samples else []
+        if use_samples:
+            how = (f"median of {len(self.samples)} sample columns where detected (> 0): "
+                   + ", ".join(self.samples[:5]) + (", ..." if len(self.samples) > 5 else ""))
+        elif "intensity" in cols:
+            how = f"column {cols['intensity']!r}"
+        else:
+            how = "none (no intensity column)"
+        log.info("%s: %s; peak_id %s, m/z %r, RT %r; intensity: %s", self.source,
+                 f"{layout.tool} layout" if layout else "no tool layout recognised",
+                 repr(cols["peak_id"]) if "peak_id" in cols else "numbered by row",
+                 cols["mz"], cols["rt"], how)
+        for label, values in header.sample_metadata.items():
+            log.info("%s: sample %s: %s", self.source, label,
+                     ", ".join(f"{k}={v}" for k, v in values.items()))
+        return cols
+
     def __iter__(self):
         with reading(self.source):  # a truncated or damaged file is named, whatever failed
             yield from self._chunks()
 
     def _chunks(self):
         batches = self._batches()
-        cols = None
+        cols = self.cols
         offset = 0
         try:
             for batch in batches:
                 # Metadata would turn a saved pandas index into the index: keep it a column.
                 frame = batch.to_pandas(ignore_metadata=True)
                 frame.columns = self.names
-                if cols is None:
-                    cols = _resolve_columns(frame, PEAK_ALIASES, self.explicit, ("mz", "rt"),
-                                            self.source)
-                    self.rt_column = cols["rt"]
                 if len(frame):
                     yield self._validate(frame, cols, offset)
                 offset += len(frame)
         except pa.ArrowInvalid as err:
             raise InputError(self.source, f"cannot parse: {str(err).strip()}") from None
+        except GZIP_ERRORS as err:
+            raise _read_error(self.path, err) from None
         if offset == 0:
-            if cols is None and self.unit == "rows":
-                raise InputError(self.source, "the peak file is empty")
             raise InputError(self.source, "the peak file has a header but no rows")
         if self.n_high_mz:
             log.warning("%s: %d peaks above m/z %g, beyond small-molecule libraries; they are "
                         "kept and can only be called 'not in library'", self.source,
                         self.n_high_mz, MZ_WARN)
 
+    @property
+    def first_row(self) -> int:
+        """Lines above the header (rows of metadata) in a text file."""
+        return self.header.line if self.unit == "lines" else 0
+
     def _validate(self, frame, cols, offset) -> pd.DataFrame:
         source, unit = self.source, self.unit
-        frame.index = pd.RangeIndex(offset, offset + len(frame))
+        # Labelled by row in the file, so line numbers count the rows above the header.
+        frame.index = pd.RangeIndex(offset + self.first_row,
+                                    offset + self.first_row + len(frame))
         mz = _numeric(frame, cols["mz"], source, unit)
         _check(~(mz > 0), frame, cols["mz"], mz, "m/z must be positive", source, unit)
         rt = _numeric(frame, cols["rt"], source, unit)
         _check(rt < 0, frame, cols["rt"], rt, "retention time must not be negative", source,
                unit)
-        if "intensity" in cols:
+        if self.samples:
+            inten = _sample_intensity(frame, self.samples, source, unit)
+        elif "intensity" in cols:
             inten = _numeric(frame, cols["intensity"], source, unit, allow_missing=True)
             _check(inten < 0, frame, cols["intensity"], inten, "intensity must not be negative",
                    source, unit)
@@ -338,22 +623,33 @@ class _PeakStream:
         dup = ids[ids.duplicated(keep=False)]  # equal hashes of different ids are not errors
         if len(dup):
             raise InputError(self.source, "duplicate peak id",
-                             column=self.explicit_id_column, rows=_row_numbers(
-                                 dup.index.to_numpy(), self.unit),
+                             column=self.cols.get("peak_id"), rows=_row_numbers(
+                                 dup.index.to_numpy() + self.first_row, self.unit),
                              values=dup.tolist()[:5], unit=self.unit)
-
-    @property
-    def explicit_id_column(self):
-        found = _resolve_columns(pd.DataFrame(columns=self.names), PEAK_ALIASES, self.explicit,
-                                 (), self.source)
-        return found.get("peak_id")
 
     def rt_unit(self, rt_unit: str) -> str:
         if rt_unit != "auto":
             return rt_unit
-        unit, reason = infer_rt_unit(np.array([self.rt_max]), self.rt_column)
+        layout = self.header.layout
+        if layout is not None and self.rt_column.lower() == layout.rt.lower():
+            unit = layout.rt_unit
+            reason = (f"{layout.tool} writes {self.rt_column!r} in "
+                      f"{'seconds' if unit == 's' else 'minutes'}")
+        else:
+            unit, reason = infer_rt_unit(np.array([self.rt_max]), self.rt_column)
         log.info("%s: retention times in %s (%s)", self.source, unit, reason)
         return unit
+
+
+def _sample_intensity(frame, samples, source, unit) -> np.ndarray:
+    """Per peak, the median of its per-sample intensities where it was detected (> 0)."""
+    values = np.empty((len(frame), len(samples)))
+    for k, column in enumerate(samples):
+        v = _numeric(frame, column, source, unit, allow_missing=True)
+        _check(v < 0, frame, column, v, "intensity must not be negative", source, unit)
+        values[:, k] = v
+    detected = pd.DataFrame(np.where(values > 0, values, np.nan))
+    return detected.median(axis=1, skipna=True).to_numpy(dtype=np.float64)
 
 
 def load_peaks(path, columns=None, rt_unit: str = "auto") -> pd.DataFrame:
@@ -362,9 +658,11 @@ def load_peaks(path, columns=None, rt_unit: str = "auto") -> pd.DataFrame:
     Parameters
     ----------
     path : str or Path
-        CSV, TSV or Parquet file (or a folder of Parquet files).
+        CSV or TSV file (possibly gzipped: ``.csv.gz``, ``.tsv.gz``, ``.txt.gz``), Parquet file
+        or a folder of Parquet files; a tool's export as it wrote it (:data:`LAYOUTS`).
     columns : dict, optional
-        Explicit mapping of ``peak_id``, ``mz``, ``rt``, ``intensity`` to the file's columns.
+        Explicit mapping of ``peak_id``, ``mz``, ``rt``, ``intensity`` to the file's columns
+        (over what a layout or the aliases would choose).
     rt_unit : {"auto", "min", "s"}
         Unit of the file's retention times; converted to minutes.
 
@@ -394,7 +692,7 @@ def read_peaks(path, columns=None, rt_unit: str = "auto", partition_size: int = 
     Parameters
     ----------
     path : str or Path
-        CSV, TSV or Parquet peak table.
+        Peak table, see :func:`load_peaks`.
     columns : dict, optional
         Explicit column mapping, see :func:`load_peaks`.
     rt_unit : {"auto", "min", "s"}
@@ -484,7 +782,7 @@ def read_library(path, columns=None, rt_unit: str = "min") -> pd.DataFrame:
     """
     source = str(path)
     frame, unit = read_tabular(path, "library")
-    cols = _resolve_columns(frame, LIBRARY_ALIASES, columns, ("compound_id",), source)
+    cols = _resolve_columns(frame.columns, LIBRARY_ALIASES, columns, ("compound_id",), source)
     if "formula" not in cols and "monoisotopic_mass" not in cols:
         raise InputError(source, "need a 'formula' or a 'monoisotopic_mass' column; found "
                          f"{list(frame.columns)}")

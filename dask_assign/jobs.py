@@ -1,15 +1,16 @@
 """Job specs: a YAML file naming the inputs, the settings and the output of one run.
 
 Paths in a job spec are relative to the spec's own folder and must stay inside it (or inside
-folders allowed explicitly), so a spec handed around cannot read or write elsewhere. Settings
-are plain values checked against :class:`~dask_assign.config.AssignConfig`; nothing in a spec
-is evaluated.
+folders allowed explicitly), so a spec handed around cannot read or write elsewhere. Inputs may
+also name the package's own data as ``package:PATH`` (``package:demo/peaks.csv`` is the shipped
+demo set), read-only and only inside the package's data folder. Settings are plain values
+checked against :class:`~dask_assign.config.AssignConfig`; nothing in a spec is evaluated.
 
 Example (``jobs/demo.yaml``)::
 
-    peaks: ../dask_assign/data/demo/peaks.csv
-    library: ../dask_assign/data/demo/library.csv
-    out: ../demo-output
+    peaks: package:demo/peaks.csv
+    library: package:demo/library.csv
+    out: demo-output
     format: parquet
     settings:
       mode: positive
@@ -27,6 +28,10 @@ import yaml
 from .config import AssignConfig, SettingError
 from .errors import InputError
 from .model import DEFAULT_MODEL, NO_MODEL, scorer_params
+from .output import FORMATS
+
+#: Prefix of a path to the package's own data (inputs only).
+PACKAGE_PREFIX = "package:"
 
 JOB_KEYS = {"peaks", "library", "out", "format", "scheduler", "workers", "columns", "settings",
             "name"}
@@ -62,15 +67,28 @@ def _inside(path: Path, roots) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
 
+def package_data() -> Path:
+    """The package's data folder, which ``package:`` paths name."""
+    from importlib.resources import files
+
+    return Path(str(files("dask_assign").joinpath("data"))).resolve()
+
+
 def _path(spec: dict, key: str, source: Path, roots, must_exist: bool) -> Path:
     value = spec.get(key)
     if not isinstance(value, str) or not value.strip():
         raise InputError(str(source), f"'{key}' must be a path (text)")
+    package = value.startswith(PACKAGE_PREFIX)
+    if package and not must_exist:  # outputs never go into the package
+        raise InputError(str(source), f"'{key}' cannot be package data: {value!r}")
+    base = package_data() if package else source.parent
+    allowed = [base] if package else roots
     # resolve() follows symlinks, so a link cannot smuggle a path out of the folder.
-    path = (source.parent / value).resolve()
-    if not _inside(path, roots):
-        raise InputError(str(source), f"'{key}' points outside the allowed folders: {value!r} "
-                         f"(allowed: {', '.join(str(r) for r in roots)})")
+    path = (base / value.removeprefix(PACKAGE_PREFIX)).resolve()
+    if not _inside(path, allowed):
+        where = "the package's data" if package else "the allowed folders"
+        raise InputError(str(source), f"'{key}' points outside {where}: {value!r} "
+                         f"(allowed: {', '.join(str(r) for r in allowed)})")
     if must_exist and not path.exists():
         raise InputError(str(source), f"'{key}' file not found: {value!r}")
     return path
@@ -138,8 +156,9 @@ def load_job(path, allow=()) -> Job:
     except (TypeError, ValueError) as err:
         raise InputError(str(source), f"bad settings: {err}") from None
     fmt = spec.get("format", "parquet")
-    if fmt not in ("parquet", "csv"):
-        raise InputError(str(source), f"'format' must be parquet or csv, not {fmt!r}")
+    if fmt not in FORMATS:
+        raise InputError(str(source), f"'format' must be one of {', '.join(FORMATS)}, "
+                         f"not {fmt!r}")
     workers = spec.get("workers")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise InputError(str(source), "'workers' must be a positive integer")

@@ -46,7 +46,10 @@ from .annotate import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES, to_tables
 from .errors import InputError
 from .metrics import report_partition
 
-FORMATS = ("parquet", "csv")
+FORMATS = ("parquet", "csv", "mztab")
+#: The format of the tables for each output format: ``mztab`` is an export written beside the
+#: Parquet tables, which stay the lossless record (:mod:`dask_assign.mztab`).
+TABLE_FORMAT = {"parquet": "parquet", "csv": "csv", "mztab": "parquet"}
 log = logging.getLogger(__name__)
 
 

@@ -463,13 +463,14 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
         Library file, or a search space from :func:`prepare_library`.
     out : str or Path
         Output folder: ``assignments.<fmt>``, ``candidates.<fmt>``, ``calibration.json``,
-        ``manifest.json`` (it lists these files) and ``_SUCCESS``. Nothing is written there
-        unless the run succeeds. It must be absent, empty, or (with ``overwrite``) an earlier
-        result; anything else is refused before any work (:func:`dask_assign.output.claim`).
+        ``manifest.json`` (it lists these files) and ``_SUCCESS`` (``fmt="mztab"``: the
+        Parquet tables and ``results.mzTab``). Nothing is written there unless the run
+        succeeds. It must be absent, empty, or (with ``overwrite``) an earlier result;
+        anything else is refused before any work (:func:`dask_assign.output.claim`).
     config : AssignConfig, optional
     client : distributed.Client, optional
         The cluster to run on; the current client (or scheduler) when omitted.
-    fmt : {"parquet", "csv"}
+    fmt : {"parquet", "csv", "mztab"}
     columns : dict, optional
         Explicit peak-table column mapping.
     sources : dict, optional
@@ -598,8 +599,9 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
             if model is not None:
                 output.write_json(saved_model, model.to_dict())
         t_cal = time.perf_counter()
+        tables = output.TABLE_FORMAT[fmt]
         summaries, already = write_graph(blocks, space, config, calibration, model, staging,
-                                         fmt, space_key)
+                                         tables, space_key)
         if client is not None:
             futures = client.compute(summaries)
             if progress:
@@ -609,7 +611,13 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
             written = pd.concat(client.gather(futures), ignore_index=True)
         else:
             written = pd.concat(dask.compute(*summaries), ignore_index=True)
-    output.combine_parts(staging, fmt)
+        # The mzTab reports each peak's intensity, which the tables leave out.
+        intensity = _collect(ddf[["peak_id", "intensity"]]) if fmt == "mztab" else None
+    output.combine_parts(staging, tables)
+    if fmt == "mztab":
+        from .mztab import write_mztab
+
+        write_mztab(staging, intensity, space, config, inputs, Path(out).name)
     t_end = time.perf_counter()
     n = int(written["peaks"].sum())
     assigned = int(written["assigned"].sum())
