@@ -46,6 +46,20 @@ class Adduct:
         removed = parse_formula(self.sub).mass if self.sub else 0.0
         return added - removed - self.charge * ELECTRON_MASS
 
+    @property
+    def elements(self) -> dict:
+        """Atoms the adduct adds (positive) or removes (negative), by element.
+
+        >>> builtin_adducts("negative")["[M+FA-H]-"].elements
+        {'C': 1, 'H': 1, 'O': 2}
+        """
+        out: dict = {}
+        for text, sign in ((self.add, 1), (self.sub, -1)):
+            if text:
+                for el, k in parse_formula(text).elements.items():
+                    out[el] = out.get(el, 0) + sign * k
+        return {el: k for el, k in out.items() if k}
+
     def mz(self, neutral_mass):
         """m/z of this ion of a molecule of monoisotopic mass ``neutral_mass`` (scalar or array).
 
