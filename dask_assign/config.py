@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from .curves import Curve
 
@@ -20,8 +19,8 @@ class ScorerParams:
     A peak comes from one library ion, or from none ("null"). Each hypothesis has a prior and a
     likelihood of what was measured; the posterior is a softmax over the peak's candidates and
     the null slot. The defaults describe a typical high-resolution instrument and need no
-    training. A trained model (:mod:`dask_assign.model`, ``--model``) re-weighs the terms;
-    the one shipped with the package is what :class:`AssignConfig` uses by default.
+    training, and are what :class:`AssignConfig` uses by default. A model trained with
+    ``dask-assign train`` (:mod:`dask_assign.model`, ``--model``) re-weighs the terms.
 
     Attributes
     ----------
@@ -32,7 +31,7 @@ class ScorerParams:
     null_prior : float
         Prior probability that a peak is none of the library's ions.
     isotope_weight : float
-        Weight of the log isotope abundance (13C1, 13C2) in the prior of an isotope ion.
+        Weight of the log isotope abundance in the prior of an isotopologue ion.
     adduct_weight : float
         Weight of the log adduct prior.
     intensity_weight : float
@@ -47,9 +46,11 @@ class ScorerParams:
     bias : float
         Added to every candidate's logit against the null (0 in the generative model).
     unlisted_prior : float
-        Chance that a peak matching a library ion perfectly is an unlisted compound of the same
-        formula eluting at the same time (an isomer missing from the library). No single peak
-        can tell these apart, so every call keeps at least this much probability on the null.
+        Chance that a peak matching a library ion is an unlisted compound of the same formula
+        (an isomer missing from the library) that elutes anywhere in the run, where the
+        library gives no RT; against a library RT the share follows the RT's evidence
+        (:meth:`~dask_assign.scoring.PeakScorer.isomer_odds`): an isomer explains a match
+        far from the compound's RT better than the compound itself.
     """
 
     mass_offset_ppm: float = 0.0
@@ -63,15 +64,7 @@ class ScorerParams:
     mass_weight: float = 1.0
     rt_weight: float = 1.0
     bias: float = 0.0
-    unlisted_prior: float = 0.05
-
-
-@lru_cache(maxsize=1)
-def default_scorer() -> ScorerParams:
-    """The shipped trained model's weights (``dask_assign/data/model``), read once."""
-    from .model import load_model
-
-    return load_model("default")
+    unlisted_prior: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -124,8 +117,8 @@ class AssignConfig:
     refine_widen : float
         Factor by which the refinement widens the ppm and RT windows.
     scorer : ScorerParams
-        Weights of the scorer: by default the shipped trained model
-        (:func:`default_scorer`); ``ScorerParams()`` is the untrained generative scorer.
+        Weights of the scorer: the generative model of one peak by default, or a model
+        trained with ``dask-assign train`` (:func:`dask_assign.model.load_model`).
     calibrate : bool
         Fit the mass and RT error models and the null prior from the data (EM) before scoring.
     mass_search_ppm : float
@@ -181,7 +174,7 @@ class AssignConfig:
     overflow: str = "prefilter"
     refine_below: float = 0.5
     refine_widen: float = 2.0
-    scorer: ScorerParams = field(default_factory=lambda: default_scorer())
+    scorer: ScorerParams = field(default_factory=ScorerParams)
     calibrate: bool = True
     mass_search_ppm: float = 40.0
     max_drift: float = 5.0

@@ -80,6 +80,12 @@ ADDUCT_MAX = 0.9
 #: log): the robust tail of the intensity-ratio fit.
 RATIO_OUTLIERS = 0.1
 RATIO_OUTLIER_SIGMA = 1.0
+#: Share of the true pairs that the co-elution tolerance holds, and the share of them spread
+#: evenly over it rather than around 0 (peak apexes of weak or broad peaks wander).
+COELUTION_QUANTILE = 0.95
+COELUTION_TAIL = 0.2
+#: Detection of a candidate isotopologue's monoisotopic ion where the intensity allows it.
+MONO_DETECT = 0.98
 #: 13C atoms the null's labels reach (an unknown molecule's other isotopologues are unknown).
 NULL_13C = 2
 #: Isotopologue clusters of a candidate searched besides its monoisotopic ion's (the most
@@ -416,7 +422,13 @@ def fit_context(stats: pd.DataFrame, config: AssignConfig, calibration: Calibrat
         rt_sigma = max(median / 0.6745, width / 2)
     else:  # too few pairs to tell: an eighth of the search width
         rt_sigma = config.max_coelution / 8
-    rt_tol = min(4 * rt_sigma, config.max_coelution)
+    # The tolerance holds nearly all true pairs: co-elution differences have a long tail
+    # (weak or broad peaks), so a quantile of the excess, not a multiple of the core spread.
+    if excess.sum() >= 10:
+        tail = mid[int(np.searchsorted(np.cumsum(excess) / excess.sum(), COELUTION_QUANTILE))]
+        rt_tol = min(max(4 * rt_sigma, tail + width / 2), config.max_coelution)
+    else:
+        rt_tol = min(4 * rt_sigma, config.max_coelution)
     ppm = partner_ppm(calibration)
     hits = float(decoys[: int(round(rt_tol / width))].sum())
     mz_span = math.log(max(maxs["mz_max"], 1.0) / max(mins["mz_min"], 1e-3)) \
@@ -449,7 +461,9 @@ def _detection(total, space: SearchSpace, calibration: Calibration):
         return DETECT_MAX, (DETECT_MAX,) * n_labels, 0.5
     pooled = float(min(max(hit.sum() / w.sum(), 0.05), 0.98))
     labels = np.clip((hit + SHARE_PSEUDO * pooled) / (w + SHARE_PSEUDO), 0.01, 0.98)
-    labels[0] = pooled  # the monoisotopic ion, as a partner of its isotopologues
+    # The monoisotopic ion, as a partner of its isotopologues: more intense than they are, and
+    # the peak every peak picker reports.
+    labels[0] = MONO_DETECT
     c13 = space.isotope_labels.index("13C1") if "13C1" in space.isotope_labels else 0
     noise = 0.5
     if total["all_w"] >= 10:
@@ -534,8 +548,12 @@ def _position_fit(mz_partner, target, rt_diff, model: ContextModel, calibration)
     """log density of a partner's m/z error and RT difference for a true partner against a
     random peak (uniform over the partner window)."""
     err = (mz_partner - target) / target * 1e6
+    coelution = torch.logaddexp(_log_normal(rt_diff, 0.0, model.rt_sigma)
+                                + math.log1p(-COELUTION_TAIL),
+                                torch.full_like(rt_diff, math.log(COELUTION_TAIL
+                                                                  / (2 * model.rt_tol))))
     return (_log_normal(err, 0.0, pair_sigma(calibration)) + math.log(2 * model.ppm)
-            + _log_normal(rt_diff, 0.0, model.rt_sigma) + math.log(2 * model.rt_tol))
+            + coelution + math.log(2 * model.rt_tol))
 
 
 def adduct_presence(space: SearchSpace, model: ContextModel) -> np.ndarray:
@@ -749,8 +767,12 @@ def _isotope_odds_loop(rows, a, s, n_carbon, mz, rt, li, iso_col, iso_start, iso
                     elif q == -np.inf:
                         q = -1e4
                     err = (block_mz[j] - target) / target * 1e6
-                    q += (_lognorm(err, 0.0, mass_sigma) + _lognorm(block_rt[j] - rt[e], 0.0,
-                                                                    rt_sigma) + log_window)
+                    near = _lognorm(block_rt[j] - rt[e], 0.0, rt_sigma) \
+                        + math.log1p(-COELUTION_TAIL)
+                    even = math.log(COELUTION_TAIL / (2 * rt_tol))
+                    top2 = max(near, even)
+                    coelution = top2 + math.log(math.exp(near - top2) + math.exp(even - top2))
+                    q += _lognorm(err, 0.0, mass_sigma) + coelution + log_window
                     if q > top:
                         acc = acc * math.exp(top - q) + 1.0
                         top = q

@@ -76,6 +76,43 @@ def element_isotopes(symbol: str) -> ElementIsotopes:
                            tuple(math.log(p / principal[2]) for _, _, p in others))
 
 
+def parse_label(text) -> dict:
+    """The substitutions an isotopologue label names, ``{(mass number, element): count}``
+    (empty for the monoisotopic ion: ``None``, ``""``, ``"M+0"``, ``"M0"``).
+
+    >>> parse_label("13C1+18O1") == parse_label("18O1+13C1")
+    True
+    """
+    import re
+
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return {}
+    text = str(text).strip()
+    if text in ("", "M+0", "M0", "12C", "0"):
+        return {}
+    out = {}
+    for part in text.split("+"):
+        m = re.fullmatch(r"(\d+)([A-Z][a-z]?)(\d*)", part.strip())
+        if not m:
+            raise ValueError(f"not an isotopologue label: {text!r}")
+        out[(int(m.group(1)), m.group(2))] = out.get((int(m.group(1)), m.group(2)), 0) \
+            + int(m.group(3) or 1)
+    return out
+
+
+def label_shift(text) -> int:
+    """Neutrons an isotopologue label adds (``13C1+18O1``: 3)."""
+    total = 0
+    for (mass_number, symbol), k in parse_label(text).items():
+        total += k * (mass_number - _principal(symbol))
+    return total
+
+
+@cache
+def _principal(symbol: str) -> int:
+    return max((iso.abundance, a) for a, iso in ELEMENTS[symbol].isotopes.items())[1]
+
+
 def hill_order(symbols) -> list[str]:
     """Elements in Hill order: C, H, then alphabetical (the order of labels)."""
     symbols = set(symbols)

@@ -433,8 +433,8 @@ def plan_run(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     if n_blocks is None:
         n_blocks = plan_blocks(ddf, space_key, config, calibration, sample)
     blocks = rt_blocks(ddf, config, n_blocks)
-    if evidence is None:
-        evidence = context_model(blocks, resolved, space_key, config, calibration)
+    if evidence is None:  # fitted with the generative scorer, as the calibration is
+        evidence = context_model(blocks, resolved, space_key, generative(config), calibration)
     return RunPlan(fitted=calibration,
                    calibration=scoring_calibration(calibration, evidence, resolved, config),
                    space=resolved, space_key=space_key, n_blocks=n_blocks, blocks=blocks,
