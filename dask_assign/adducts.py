@@ -91,9 +91,10 @@ def parse_adduct_name(name: str) -> tuple:
     --------
     >>> parse_adduct_name("[M-NH3+H]+") == parse_adduct_name("[M+H-NH3]+")
     True
-    >>> parse_adduct_name("M+CH2O2-H") == parse_adduct_name("[M+FA-H]-")[:2] + (
-    ...     parse_adduct_name("[M+FA-H]-")[2],)
+    >>> parse_adduct_name("[M+CH2O2-H]-") == parse_adduct_name("[M+FA-H]-")
     True
+    >>> parse_adduct_name("M-H")  # without brackets, no charge is written
+    (1, 0, (('H', -1),))
     >>> parse_adduct_name("[2M+Na-2H]-")
     (2, -1, (('H', -2), ('Na', 1)))
     """

@@ -297,7 +297,8 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
 #: Columns and dtypes of the assignments table (one row per peak).
 ASSIGNMENT_DTYPES = {
     "peak_id": "string", "compound_id": "string", "name": "string", "formula": "string",
-    "adduct": "string", "isotope": "string", "prob": "float64", "p_null": "float64",
+    "adduct": "string", "isotope": "string", "prob": "float64", "p_formula": "float64",
+    "p_null": "float64",
     "ppm_error": "float64", "rt_error": "float64", "n_candidates": "int64", "overflow": "bool",
     "refined": "bool", "n_partners": "int64", "context_changed": "bool", "mz": "float64",
     "rt": "float64",
@@ -465,6 +466,46 @@ def annotate_partition(part, space: SearchSpace, config: AssignConfig,
     return to_tables(result, space)
 
 
+def formula_probability(space: SearchSpace, peak: np.ndarray, ion: np.ndarray,
+                        prob: np.ndarray, called: np.ndarray) -> np.ndarray:
+    """Probability of each peak's call at formula level: the summed probability of its
+    candidates that are the same ion (adduct and isotopologue) of a compound with the call's
+    formula, the library isomers of the call (NaN where the call is the null).
+
+    Examples
+    --------
+    Two isomers share a peak's probability; the formula takes both:
+
+    >>> import types
+    >>> space = types.SimpleNamespace(
+    ...     compounds=pd.DataFrame({"formula": ["C6H12O6", "C6H12O6", "C5H10O5"]}),
+    ...     compound=np.array([0, 1, 2]), adduct=np.array([0, 0, 0]), isotope=np.array([0, 0, 0]))
+    >>> formula_probability(space, np.array([0, 0, 0]), np.array([0, 1, 2]),
+    ...                     np.array([0.5, 0.3, 0.1]), np.array([0])).tolist()
+    [0.8]
+    """
+    formula = space.compounds["formula"].astype("string")
+    code = pd.factorize(formula.fillna(""), use_na_sentinel=False)[0].astype(np.int64)
+    # A compound known only by mass is a formula of its own.
+    code = np.where(formula.isna().to_numpy(), -1 - np.arange(code.size), code)
+
+    def key(rows):
+        return np.stack([code[space.compound[rows]], space.adduct[rows],
+                         space.isotope[rows]], axis=1)
+
+    out = np.full(called.size, np.nan)
+    has = np.flatnonzero(called >= 0)
+    if has.size == 0 or peak.size == 0:
+        return out
+    mine = key(ion)
+    want = key(called[has])
+    at = np.searchsorted(has, peak)
+    at = np.minimum(at, has.size - 1)
+    same = (has[at] == peak) & (mine == want[at]).all(axis=1)
+    out[has] = np.bincount(at[same], weights=prob[same], minlength=has.size)
+    return out
+
+
 def to_tables(result: PartitionResult, space: SearchSpace):
     """The assignments and candidates tables of a scored partition (pandas)."""
     part, scored, pair, prob, refined = (result.part, result.scored, result.pair, result.prob,
@@ -491,6 +532,8 @@ def to_tables(result: PartitionResult, space: SearchSpace):
     assignments = pd.DataFrame({
         "peak_id": peak_ids, **calls,
         "prob": prob.cpu().numpy(),
+        "p_formula": formula_probability(space, f.peak.cpu().numpy(), ion,
+                                         scored.prob.cpu().numpy(), ion_called),
         "p_null": scored.p_null.cpu().numpy(),
         "ppm_error": on_calls(ppm), "rt_error": on_calls(rt_err),
         "n_candidates": scored.n_candidates.cpu().numpy().astype(np.int64),

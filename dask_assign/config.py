@@ -155,8 +155,9 @@ class AssignConfig:
         Share of the null hypothesis that is noise (no molecule, so no partners) rather than a
         molecule missing from the library; ``None`` (the default) measures it on the run.
     isotope_ratio_sigma : float
-        Spread (natural log) of an isotope peak's intensity around the ratio its formula
-        predicts.
+        Smallest spread (natural log) of an isotope peak's intensity around the ratio its
+        formula predicts; the run's own spread is measured (its isotope partners of
+        confident calls) and used where it is wider.
     """
 
     mode: str = "positive"

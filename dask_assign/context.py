@@ -76,9 +76,11 @@ DETECT_MAX = 0.9
 #: Chance that a molecule present shows its main adduct (the commonest one of the run); the
 #: others' chances are measured against it.
 ADDUCT_MAX = 0.9
-#: Share of partners whose intensity is far off the predicted ratio, and how far (natural
-#: log): the robust tail of the intensity-ratio fit.
-RATIO_OUTLIERS = 0.1
+#: Bins of the intensity-ratio residuals (natural log) behind the fitted ratio spread.
+RATIO_BINS = np.linspace(-3.0, 3.0, 121)
+#: Share of partners whose intensity is far off the predicted ratio where the run cannot
+#: say, and how far (natural log): the robust tail of the intensity-ratio fit.
+RATIO_OUTLIERS = 0.02
 RATIO_OUTLIER_SIGMA = 1.0
 #: Share of the true pairs that the co-elution tolerance holds, and the share of them spread
 #: evenly over it rather than around 0 (peak apexes of weak or broad peaks wander).
@@ -150,6 +152,11 @@ class ContextModel:
         partners) rather than molecules missing from the library.
     main_calls : float
         Confident main-ion calls behind ``adduct_share`` and ``isotope_detect``.
+    ratio_sigma, ratio_outliers : float
+        Spread (natural log) of an isotope partner's intensity around the ratio its formula
+        predicts, and the share of partners far off it (interference, saturation, fine
+        structure a peak picker or simulation drops): measured on the confident main-ion
+        calls' partners.
     adduct_background : tuple of float
         log of how much denser the peaks that are not an adduct's ions lie beside its ions
         than beside the main adduct's (empty: the same). Real chemistry puts many peaks
@@ -169,6 +176,8 @@ class ContextModel:
     noise_share: float = 0.5
     main_calls: float = 0.0
     adduct_background: tuple = ()
+    ratio_sigma: float = 0.15
+    ratio_outliers: float = 0.02
 
     def to_dict(self) -> dict:
         """Plain values, for JSON (``None`` for a detection limit a table without intensities
@@ -218,6 +227,7 @@ def stat_columns(n_adducts: int, n_labels: int) -> list[str]:
             + [f"iso{k}" for k in range(RT_BINS)] + [f"decoy{k}" for k in range(RT_BINS)]
             + [f"{kind}{k}" for kind in ("sib_w", "sib_hit", "sib_decoy")
                for k in range(n_labels)]
+            + [f"ratio{k}" for k in range(RATIO_BINS.size - 1)]
             + [f"co{b}_{k}" for b in range(n_adducts) for k in range(CO_BINS)]
             + [f"codecoy{b}_{k}" for b in range(n_adducts) for k in range(CO_BINS)])
 
@@ -242,6 +252,23 @@ class _BlockPeaks:
         t, j = range_join(torch.as_tensor(target_mz), torch.as_tensor(target_rt), self.mz,
                           self.rt, self.index, self.ppm, rt_tol)
         return t.numpy(), self.order[j.numpy()]
+
+
+def nearest_target(owner: np.ndarray, target_mz: np.ndarray, t: np.ndarray, j: np.ndarray,
+                   peak_mz: np.ndarray) -> np.ndarray:
+    """Which hits ``(t, j)`` (target, peak) to keep when the targets of one owner lie close
+    together: a peak counts for the owner's target nearest to it in m/z only, so a peak that
+    falls in two partner windows (a 13C2 peak near the 18O1 position) is not found twice."""
+    if t.size == 0:
+        return np.zeros(0, dtype=bool)
+    err = np.abs(peak_mz[j] - target_mz[t])
+    key = owner[t].astype(np.int64) * (int(j.max()) + 1) + j
+    order = np.lexsort((err, key))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    keep = np.zeros(t.size, dtype=bool)
+    keep[order[first]] = True
+    return keep
 
 
 def _first_hit(owner: np.ndarray, drt: np.ndarray, n: int) -> np.ndarray:
@@ -283,8 +310,8 @@ def context_stats(block: pd.DataFrame, space: SearchSpace, config: AssignConfig,
     hit_iso = np.zeros(mz.size, dtype=bool)
     hit_iso[i[maps.kind[m] == ISOTOPE]] = True
     hit_dec = np.bincount(i[maps.kind[m] == DECOY], minlength=mz.size)
-    main_w, sib, co = _main_call_counts(block, core, li, space, config, calibration, ppm,
-                                        window)
+    main_w, sib, co, ratio = _main_call_counts(block, core, li, space, config, calibration,
+                                               ppm, window)
     pairs = _adduct_pairs(block, core, space, config, calibration)
     any_core = core.any()
     row = np.concatenate([
@@ -292,7 +319,7 @@ def context_stats(block: pd.DataFrame, space: SearchSpace, config: AssignConfig,
          mz[core].min() if any_core else np.inf, mz[core].max() if any_core else -np.inf,
          rt[core].min() if any_core else np.inf, rt[core].max() if any_core else -np.inf,
          main_w, strong.sum(), (strong & hit_iso).sum(), hit_dec[strong].sum()], pairs,
-        iso, decoy, sib.ravel(), co.ravel()]).astype(np.float64)
+        iso, decoy, sib.ravel(), ratio, co.ravel()]).astype(np.float64)
     return pd.DataFrame([row], columns=stat_columns(len(space.adduct_names),
                                                     len(space.isotope_labels)))
 
@@ -330,9 +357,10 @@ def _main_call_counts(block, core, li, space, config, calibration, ppm, window):
     n_adducts, n_labels = len(space.adduct_names), len(space.isotope_labels)
     co = np.zeros((2, n_adducts, CO_BINS))
     sib = np.zeros((3, n_labels))
+    ratio = np.zeros(RATIO_BINS.size - 1)
     rows = np.flatnonzero(core)
     if rows.size == 0 or len(space.mz) == 0:
-        return 0.0, sib, co
+        return 0.0, sib, co, ratio
     main = main_adduct(space)
     part = block.iloc[rows]
     peaks = peak_tensors(part, "cpu")
@@ -344,7 +372,7 @@ def _main_call_counts(block, core, li, space, config, calibration, ppm, window):
     keep = (space.isotope[ion] == 0) & (w > 0)
     ion, w, peak = ion[keep], w[keep], f.peak.numpy()[keep]
     if ion.size == 0:
-        return 0.0, sib, co
+        return 0.0, sib, co, ratio
     own = rows[peak]
     pmz = block["mz"].to_numpy(dtype=np.float64)[own]
     prt = block["rt"].to_numpy(dtype=np.float64)[own]
@@ -385,15 +413,29 @@ def _main_call_counts(block, core, li, space, config, calibration, ppm, window):
     ok = pred >= calibration.log_detect + DETECT_MARGIN
     if ok.any():
         near = np.zeros((owner.size, shifts.size + 1), dtype=bool)
-        best = search(owner[member], pmz[owner[member]] * space.mz[member_row]
-                      / space.mz[ion[owner[member]]])
-        np.logical_or.at(near, member, best <= window)
+        target = pmz[owner[member]] * space.mz[member_row] / space.mz[ion[owner[member]]]
+        best = search(owner[member], target)
+        # Decoys as found; a real partner only where it is the nearest of the call's targets.
+        np.logical_or.at(near[:, 1:], member, best[:, 1:] <= window)
+        t, jj = found.find(target, prt[owner[member]], window)
+        mine = jj != own[owner[member[t]]]
+        t, jj = t[mine], jj[mine]
+        hit = nearest_target(owner[member], target, t, jj,
+                             block["mz"].to_numpy(dtype=np.float64))
+        near[member[t[hit]], 0] = True
+        # How far the partners' intensities lie from the predicted ratio (strong ones only).
+        partner = member[t[hit]]
+        strong = ok[partner]
+        residual = li[jj[hit]][strong] - pred[partner][strong]
+        good = np.isfinite(residual)
+        ratio += np.histogram(residual[good], RATIO_BINS,
+                              weights=w[owner[partner[strong]]][good])[0]
         owner, near, label = owner[ok], near[ok], space.isotope[cluster[ok]]
         sib[0] += np.bincount(label, weights=w[owner], minlength=n_labels)
         sib[1] += np.bincount(label, weights=w[owner] * near[:, 0], minlength=n_labels)
         sib[2] += np.bincount(label, weights=w[owner] * near[:, 1:].sum(axis=1),
                               minlength=n_labels)
-    return float(w.sum()), sib, co
+    return float(w.sum()), sib, co, ratio
 
 
 def fit_context(stats: pd.DataFrame, config: AssignConfig, calibration: Calibration,
@@ -437,13 +479,35 @@ def fit_context(stats: pd.DataFrame, config: AssignConfig, calibration: Calibrat
     uniform = min(1.0, 2 * ppm * 1e-6 / max(mz_span, 1e-6)) * rt_tol / config.max_coelution
     kappa = (hits + 1.0) / (n_decoy * float(total["neighbours"]) + 1.0 / max(uniform, 1e-12))
     detect, labels, noise = _detection(total, space, calibration)
+    ratio_sigma, ratio_outliers = _ratio_spread(total, config)
     shares = _adduct_shares(total, space, rt_tol, config)
     background = _adduct_background(total, space, shares, calibration)
     return ContextModel(rt_sigma=float(rt_sigma), rt_tol=float(rt_tol), ppm=float(ppm),
                         log_kappa=float(math.log(kappa)), log_detect=calibration.log_detect,
                         isotope_pairs=float(excess.sum()), adduct_share=shares,
                         isotope_detect=detect, label_detect=labels, noise_share=noise,
-                        main_calls=float(total["main_w"]), adduct_background=background)
+                        main_calls=float(total["main_w"]), adduct_background=background,
+                        ratio_sigma=ratio_sigma, ratio_outliers=ratio_outliers)
+
+
+def _ratio_spread(total, config) -> tuple[float, float]:
+    """Spread (natural log) of isotope partners' intensities around the predicted ratio, and
+    the share far off it: the robust spread (1.4826 median absolute residual) of the
+    confident main-ion calls' partners (at least ``config.isotope_ratio_sigma``), and the
+    share beyond four of it (a few pseudo-partners pull it toward ``RATIO_OUTLIERS``)."""
+    hist = total[[f"ratio{k}" for k in range(RATIO_BINS.size - 1)]].to_numpy()
+    floor = config.isotope_ratio_sigma
+    if hist.sum() < 10:
+        return floor, RATIO_OUTLIERS
+    mid = 0.5 * (RATIO_BINS[:-1] + RATIO_BINS[1:])
+    centre = mid[int(np.searchsorted(np.cumsum(hist) / hist.sum(), 0.5))]
+    dev = np.abs(mid - centre)
+    order = np.argsort(dev)
+    mad = dev[order][int(np.searchsorted(np.cumsum(hist[order]) / hist.sum(), 0.5))]
+    sigma = float(max(1.4826 * mad, floor))
+    far = float(hist[dev > 4 * sigma].sum())
+    share = (far + SHARE_PSEUDO * RATIO_OUTLIERS) / (hist.sum() + SHARE_PSEUDO)
+    return sigma, float(min(max(share, 0.005), 0.3))
 
 
 def _detection(total, space: SearchSpace, calibration: Calibration):
@@ -534,14 +598,14 @@ def _log_normal(x, mu, sigma):
     return -0.5 * z * z - math.log(sigma) - 0.5 * math.log(2 * math.pi)
 
 
-def _ratio_fit(x, expected, sigma):
+def _ratio_fit(x, expected, sigma, outliers=None):
     """log density of a partner's log intensity around the predicted one: mostly within
-    ``sigma``, a share ``RATIO_OUTLIERS`` far off (an interfering peak, saturation, a
-    simulation or peak picker that drops some fine structure), so one bad ratio cannot veto
-    a hypothesis outright."""
-    return torch.logaddexp(_log_normal(x, expected, sigma) + math.log1p(-RATIO_OUTLIERS),
-                           _log_normal(x, expected, RATIO_OUTLIER_SIGMA)
-                           + math.log(RATIO_OUTLIERS))
+    ``sigma``, a share ``outliers`` far off (an interfering peak, saturation, a simulation or
+    peak picker that drops some fine structure), so one bad ratio cannot veto a hypothesis
+    outright."""
+    outliers = RATIO_OUTLIERS if outliers is None else outliers
+    return torch.logaddexp(_log_normal(x, expected, sigma) + math.log1p(-outliers),
+                           _log_normal(x, expected, RATIO_OUTLIER_SIGMA) + math.log(outliers))
 
 
 def _position_fit(mz_partner, target, rt_diff, model: ContextModel, calibration):
@@ -696,7 +760,7 @@ def _isotope_odds(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, block_m
             block_mz, block_rt, block_li)]
         out = _isotope_odds_loop(
             *args, NULL_13C, model.log_detect, math.log(model.isotope_detect),
-            float(ratio_sigma),
+            float(ratio_sigma), float(model.ratio_outliers),
             calibration.log_intensity_center, calibration.log_intensity_scale,
             pair_sigma(calibration), model.ppm, model.rt_sigma, model.rt_tol)
         return torch.from_numpy(out)
@@ -719,10 +783,10 @@ def _lognorm(x, mu, sigma):
 
 
 @numba.njit(cache=True, nogil=True)
-def _ratio_fit_one(x, expected, sigma):
+def _ratio_fit_one(x, expected, sigma, outliers):
     """:func:`_ratio_fit` of one value."""
-    a = _lognorm(x, expected, sigma) + math.log1p(-RATIO_OUTLIERS)
-    b = _lognorm(x, expected, RATIO_OUTLIER_SIGMA) + math.log(RATIO_OUTLIERS)
+    a = _lognorm(x, expected, sigma) + math.log1p(-outliers)
+    b = _lognorm(x, expected, RATIO_OUTLIER_SIGMA) + math.log(outliers)
     top = max(a, b)
     return top + math.log(math.exp(a - top) + math.exp(b - top))
 
@@ -730,7 +794,7 @@ def _ratio_fit_one(x, expected, sigma):
 @numba.njit(cache=True, nogil=True)
 def _isotope_odds_loop(rows, a, s, n_carbon, mz, rt, li, iso_col, iso_start, iso_j, iso_step,
                        iso_charge, log_rho, block_mz, block_rt, block_li, max_isotope,
-                       log_detect, log_detect_max, ratio_sigma, li_center, li_scale, mass_sigma, ppm,
+                       log_detect, log_detect_max, ratio_sigma, ratio_outliers, li_center, li_scale, mass_sigma, ppm,
                        rt_sigma, rt_tol):
     """:func:`_isotope_odds_torch`, one entry at a time (same formulas)."""
     n_col = max(iso_step.size - 1, 1)
@@ -760,7 +824,7 @@ def _isotope_odds_loop(rows, a, s, n_carbon, mz, rt, li, iso_col, iso_start, iso
                 target = mz[e] + iso_step[col] * C13_SPACING / iso_charge[col]
                 for k in range(lo, hi):
                     j = iso_j[k]
-                    q = (_ratio_fit_one(block_li[j], expected, ratio_sigma)
+                    q = (_ratio_fit_one(block_li[j], expected, ratio_sigma, ratio_outliers)
                          - _lognorm(block_li[j], li_center, li_scale))
                     if math.isnan(q):
                         q = 0.0
@@ -808,7 +872,7 @@ def _isotope_odds_torch(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, b
                            - first[entry]]
         expected = li + log_a[:, t] - log_a_s
         # A true partner has the predicted intensity ratio, m/z and RT; a random peak not.
-        log_q = (_ratio_fit(block_li[j], expected[entry], ratio_sigma)
+        log_q = (_ratio_fit(block_li[j], expected[entry], ratio_sigma, model.ratio_outliers)
                  - _log_normal(block_li[j], calibration.log_intensity_center,
                                calibration.log_intensity_scale))
         log_q = torch.nan_to_num(log_q, nan=0.0, neginf=-1e4)
@@ -947,6 +1011,8 @@ def _sibling_odds(f_peak, f_ion, space: SearchSpace, peaks: dict, li, core_rows,
     t = member[tm]
     mine = j != np.asarray(core_rows)[peak[t]]
     tm, t, j = tm[mine], t[mine], j[mine]
+    hit = nearest_target(owner[member], member_mz, tm, j, block["mz"].to_numpy(dtype=np.float64))
+    tm, t, j = tm[hit], t[hit], j[hit]
     n_block = max(len(block), 1)
     _, first = np.unique(t * n_block + j, return_index=True)
     tm, t, j = tm[first], t[first], j[first]
@@ -959,9 +1025,15 @@ def _sibling_odds(f_peak, f_ion, space: SearchSpace, peaks: dict, li, core_rows,
     block_rt = block["rt"].to_numpy(dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         block_li = np.log(block["intensity"].to_numpy(dtype=np.float64, na_value=np.nan))
-    q = (_ratio_fit(tt(block_li[j]), tt(expected[t]), config.isotope_ratio_sigma)
-         - _log_normal(tt(block_li[j]), calibration.log_intensity_center,
-                       calibration.log_intensity_scale))
+    # The peak is the whole cluster (unresolved) or the member it lies at alone (resolved,
+    # or the other members missing): either intensity counts.
+    alone = li.cpu().numpy()[peak[t]] + space.log_abundance[member_row[tm]] - own_cluster[t]
+    ratio_fit = torch.logaddexp(
+        _ratio_fit(tt(block_li[j]), tt(expected[t]), model.ratio_sigma, model.ratio_outliers),
+        _ratio_fit(tt(block_li[j]), tt(alone), model.ratio_sigma, model.ratio_outliers)) \
+        - math.log(2)
+    q = ratio_fit - _log_normal(tt(block_li[j]), calibration.log_intensity_center,
+                                calibration.log_intensity_scale)
     q = torch.nan_to_num(q, nan=0.0, neginf=-1e4)
     q = q + _position_fit(tt(block_mz[j]), tt(target), tt(block_rt[j] - prt[t]), model,
                           calibration)
@@ -1039,7 +1111,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     # and 13C count are shared by its adducts (computed from the commonest adduct's reading).
     # Only peaks with a candidate need it: for the others the null is the only answer.
     n_iso = NULL_13C + 1
-    unknown_sigma = math.hypot(config.isotope_ratio_sigma, UNKNOWN_RATIO_SIGMA)
+    unknown_sigma = math.hypot(model.ratio_sigma, UNKNOWN_RATIO_SIGMA)
     log_p = torch.as_tensor(np.log(p_adduct), device=device)
     kept_t = torch.as_tensor(kept, device=device)
     charges = space.adduct_ions[kept, 1]

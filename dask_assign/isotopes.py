@@ -20,7 +20,7 @@ Examples
 ...                       min_abundance=0.01)
 >>> [(table.labels[c], round(float(np.exp(a)), 4))
 ...  for c, a in zip(table.label, table.log_abundance)]
-[(None, 1.0), ('13C1', 0.0649), ('37Cl1', 0.3199), ('13C1+37Cl1', 0.0208)]
+[(None, 1.0), ('13C1', 0.0649), ('37Cl1', 0.32), ('13C1+37Cl1', 0.0208)]
 """
 
 from __future__ import annotations
