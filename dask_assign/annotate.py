@@ -87,8 +87,8 @@ class SearchSpace:
 
     def resolved(self, tol_ppm: float) -> SearchSpace:
         """The space as an instrument with this mass spread sees it: the isotopologues of one
-        ion closer than ``tol_ppm`` merged into one (:func:`~dask_assign.isotopes.merge_unresolved`).
-        """
+        ion closer than ``tol_ppm`` merged into one
+        (:func:`~dask_assign.isotopes.merge_unresolved`)."""
         if tol_ppm <= 0 or self.mz.size == 0:
             return self
         keep, mz, la = merge_unresolved(self.group, self.mz, self.log_abundance, self.isotope,

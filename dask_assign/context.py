@@ -794,8 +794,8 @@ def _ratio_fit_one(x, expected, sigma, outliers):
 @numba.njit(cache=True, nogil=True)
 def _isotope_odds_loop(rows, a, s, n_carbon, mz, rt, li, iso_col, iso_start, iso_j, iso_step,
                        iso_charge, log_rho, block_mz, block_rt, block_li, max_isotope,
-                       log_detect, log_detect_max, ratio_sigma, ratio_outliers, li_center, li_scale, mass_sigma, ppm,
-                       rt_sigma, rt_tol):
+                       log_detect, log_detect_max, ratio_sigma, ratio_outliers, li_center,
+                       li_scale, mass_sigma, ppm, rt_sigma, rt_tol):
     """:func:`_isotope_odds_torch`, one entry at a time (same formulas)."""
     n_col = max(iso_step.size - 1, 1)
     out = np.zeros(rows.size)

@@ -76,7 +76,7 @@ def library_and_run(rng, n_lib=300, present=0.5, na_share=0.0, unknown_share=0.0
                              rel * scale, f"c{i}", adduct, shift))
     n_known = len(rows)
     n_unknown = int(n_known * unknown_share / max(1 - unknown_share, 1e-9))
-    for k in range(n_unknown):
+    for _ in range(n_unknown):
         if rng.random() < decoy_at_na:
             i = int(rng.integers(n_lib))
             mz = Formula(formulas[i] + "Na").isotope.mass - ELECTRON.mass
