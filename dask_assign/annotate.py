@@ -553,4 +553,8 @@ def to_tables(result: PartitionResult, space: SearchSpace):
         "isotope": labels["isotope"], "ppm_error": ppm, "rt_error": rt_err,
         "prob": scored.prob.cpu().numpy(),
     }).astype(CANDIDATE_DTYPES)
+    # Sums of probabilities can pass 1 by a rounding error; a probability never does.
+    for table, cols in ((assignments, ("prob", "p_formula", "p_null")), (candidates, ("prob",))):
+        for col in cols:
+            table[col] = table[col].clip(0.0, 1.0)
     return assignments.astype(ASSIGNMENT_DTYPES), candidates

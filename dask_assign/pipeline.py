@@ -430,13 +430,17 @@ def plan_run(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     # Isotopologues closer than the run's mass spread are one peak to this instrument.
     resolved = space.resolved(max(config.isotope_merge_ppm, calibration.mass_sigma_ppm))
     space_key = on_workers(resolved)
-    if n_blocks is None:
-        n_blocks = plan_blocks(ddf, space_key, config, calibration, sample)
-    blocks = rt_blocks(ddf, config, n_blocks)
+    # The evidence is a sum over blocks, the same for any blocks: fitted on one block a
+    # partition, so that the planner can count pairs as the run will score them.
+    blocks = rt_blocks(ddf, config, n_blocks or ddf.npartitions)
     if evidence is None:  # fitted with the generative scorer, as the calibration is
         evidence = context_model(blocks, resolved, space_key, generative(config), calibration)
-    return RunPlan(fitted=calibration,
-                   calibration=scoring_calibration(calibration, evidence, resolved, config),
+    scoring = scoring_calibration(calibration, evidence, resolved, config)
+    if n_blocks is None:
+        n_blocks = plan_blocks(ddf, space_key, config, scoring, sample)
+        if n_blocks != len(blocks):
+            blocks = rt_blocks(ddf, config, n_blocks)
+    return RunPlan(fitted=calibration, calibration=scoring,
                    space=resolved, space_key=space_key, n_blocks=n_blocks, blocks=blocks,
                    evidence=evidence, context=evidence if config.context else None)
 

@@ -71,15 +71,19 @@ class PeakScorer(torch.nn.Module):
 
     def isomer_odds(self, f: PairFeatures, rt_term: torch.Tensor | None = None,
                     unlisted_prior=None) -> torch.Tensor:
-        """log odds of "a compound of the same formula missing from the library, eluting
-        anywhere in the run" against "this library compound", for each pair: the two explain
-        the m/z alike, but only the library compound is tied to its library RT. Where the
-        library has no RT the odds are ``unlisted_prior / (1 - unlisted_prior)``."""
+        """log odds of "a compound of the same formula missing from the library" against
+        "this library compound", for each pair: the two explain the m/z alike, but only the
+        library compound is tied to its library RT; the isomer elutes anywhere in the run,
+        or (a share ``COELUTING_ISOMERS``: stereoisomers, close analogues) where the
+        compound does. Where the library has no RT the odds are
+        ``unlisted_prior / (1 - unlisted_prior)``."""
         rt = self.rt_term(f) if rt_term is None else rt_term
         share = self.unlisted_prior if unlisted_prior is None else unlisted_prior
         log_odds = torch.log(torch.as_tensor(share, dtype=rt.dtype, device=rt.device)) \
             - torch.log1p(-torch.as_tensor(share, dtype=rt.dtype, device=rt.device))
-        return log_odds - self.log_rt_span - rt
+        anywhere = -self.log_rt_span - rt + math.log1p(-COELUTING_ISOMERS)
+        return log_odds + torch.logaddexp(anywhere, torch.full_like(rt, math.log(
+            COELUTING_ISOMERS)))
 
     def forward(self, f: PairFeatures) -> torch.Tensor:
         """Logit of each pair against the null slot of its peak."""
@@ -104,6 +108,9 @@ def with_isomers(logit: torch.Tensor, isomer: torch.Tensor):
     return logit + torch.nn.functional.softplus(isomer), torch.sigmoid(-isomer)
 
 
+#: Share of unlisted isomers that elute with the library compound (stereoisomers, close
+#: analogues): no RT can tell those apart.
+COELUTING_ISOMERS = 0.1
 #: Share of true matches whose mass error is far beyond the run's spread (a weak peak, an
 #: interference, the edge of the calibrated range), and how much wider they spread.
 MASS_OUTLIERS = 0.02
