@@ -46,6 +46,20 @@ class Adduct:
         removed = parse_formula(self.sub).mass if self.sub else 0.0
         return added - removed - self.charge * ELECTRON_MASS
 
+    @property
+    def elements(self) -> dict:
+        """Atoms the adduct adds (positive) or removes (negative), by element.
+
+        >>> builtin_adducts("negative")["[M+FA-H]-"].elements
+        {'C': 1, 'H': 1, 'O': 2}
+        """
+        out: dict = {}
+        for text, sign in ((self.add, 1), (self.sub, -1)):
+            if text:
+                for el, k in parse_formula(text).elements.items():
+                    out[el] = out.get(el, 0) + sign * k
+        return {el: k for el, k in out.items() if k}
+
     def mz(self, neutral_mass):
         """m/z of this ion of a molecule of monoisotopic mass ``neutral_mass`` (scalar or array).
 
@@ -62,6 +76,46 @@ class Adduct:
         if formula is None or not self.sub:
             return True
         return contains(formula, parse_formula(self.sub), times=self.mult)
+
+
+#: Abbreviations adduct names use for added molecules (as the field writes them).
+NAME_ABBREVIATIONS = {"FA": "CH2O2", "Hac": "C2H4O2", "HAc": "C2H4O2", "ACN": "C2H3N",
+                      "IsoProp": "C3H8O", "DMSO": "C2H6OS", "TFA": "C2HF3O2", "MeOH": "CH4O"}
+
+
+def parse_adduct_name(name: str) -> tuple:
+    """What an adduct name says: ``(mult, charge, atoms)`` with ``atoms`` the elements added
+    (positive) or removed (negative), so names written differently compare equal.
+
+    Examples
+    --------
+    >>> parse_adduct_name("[M-NH3+H]+") == parse_adduct_name("[M+H-NH3]+")
+    True
+    >>> parse_adduct_name("[M+CH2O2-H]-") == parse_adduct_name("[M+FA-H]-")
+    True
+    >>> parse_adduct_name("M-H")  # without brackets, no charge is written
+    (1, 0, (('H', -1),))
+    >>> parse_adduct_name("[2M+Na-2H]-")
+    (2, -1, (('H', -2), ('Na', 1)))
+    """
+    import re
+
+    text = str(name).strip()
+    charge = 0
+    m = re.fullmatch(r"\[(.+)\](\d*)([+-])", text)
+    if m:
+        text, charge = m.group(1), (int(m.group(2) or 1)) * (1 if m.group(3) == "+" else -1)
+    head = re.match(r"(\d*)M", text)
+    if not head:
+        raise ValueError(f"not an adduct name: {name!r}")
+    mult = int(head.group(1) or 1)
+    atoms: dict = {}
+    for sign, count, part in re.findall(r"([+-])(\d*)([A-Za-z][A-Za-z0-9]*)", text[head.end():]):
+        formula = NAME_ABBREVIATIONS.get(part, part)
+        k = int(count or 1) * (1 if sign == "+" else -1)
+        for el, n in parse_formula(formula).elements.items():
+            atoms[el] = atoms.get(el, 0) + k * n
+    return mult, charge, tuple(sorted((el, k) for el, k in atoms.items() if k))
 
 
 def _table_to_adducts(table: pd.DataFrame, source: str) -> dict[str, Adduct]:

@@ -16,15 +16,20 @@ import torch
 from .candidates import MassBinIndex, batches_by_pairs, range_join, rank_within_peak, window_bounds
 from .config import AssignConfig, Calibration
 from .features import PairFeatures, pair_features
-from .ions import ISOTOPE_LABELS, IonTable
-from .scoring import get_scorer, logsumexp_rounds, segment_softmax
+from .ions import IonTable
+from .isotopes import merge_unresolved
+from .scoring import get_scorer, logsumexp_rounds, segment_softmax, with_isomers
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     """The ion table as the kernels need it: numeric columns and the mass-bin index.
 
-    Built once on the client and sent to each worker once.
+    Built once on the client and sent to each worker once. Besides the ion columns (sorted
+    by m/z), ``group_start`` and ``group_rows`` list each compound x adduct's isotopologues
+    (most abundant first; ``group_rows[group_start[g]:group_start[g + 1]]``), and
+    ``monoisotopic[c, a]`` is the row of compound ``c``'s monoisotopic ion of adduct ``a``
+    (-1 where it cannot form it): the lookups of the context pass.
     """
 
     mz: np.ndarray
@@ -35,8 +40,13 @@ class SearchSpace:
     compound: np.ndarray
     adduct: np.ndarray
     isotope: np.ndarray
+    group: np.ndarray
+    group_start: np.ndarray
+    group_rows: np.ndarray
+    monoisotopic: np.ndarray
     compounds: pd.DataFrame
     adduct_names: tuple
+    isotope_labels: tuple
     adduct_ions: np.ndarray
     n_carbon: np.ndarray
     carbon_per_mass: float
@@ -49,18 +59,52 @@ class SearchSpace:
         def col(name, dtype):
             return np.ascontiguousarray(ions[name].to_numpy(dtype=dtype))
 
-        mz = col("mz", np.float64)
-        return cls(
-            mz=mz, rt=col("rt", np.float64),
-            log_adduct_prior=col("log_adduct_prior", np.float64),
-            log_abundance=col("log_abundance", np.float64),
-            bins=MassBinIndex.build(mz, max_ppm),
-            compound=col("compound", np.int64), adduct=col("adduct", np.int64),
-            isotope=col("isotope", np.int64),
-            compounds=table.compounds, adduct_names=tuple(table.adduct_names),
-            adduct_ions=table.adduct_ions, n_carbon=table.n_carbon,
-            carbon_per_mass=table.carbon_per_mass,
-        )
+        return cls._from_columns(
+            {"mz": col("mz", np.float64), "rt": col("rt", np.float64),
+             "log_adduct_prior": col("log_adduct_prior", np.float64),
+             "log_abundance": col("log_abundance", np.float64),
+             "compound": col("compound", np.int64), "adduct": col("adduct", np.int64),
+             "isotope": col("isotope", np.int64), "group": col("group", np.int64)},
+            max_ppm, compounds=table.compounds, adduct_names=tuple(table.adduct_names),
+            isotope_labels=tuple(table.isotope_labels), adduct_ions=table.adduct_ions,
+            n_carbon=table.n_carbon, carbon_per_mass=table.carbon_per_mass)
+
+    @classmethod
+    def _from_columns(cls, columns: dict, max_ppm: float, **library) -> SearchSpace:
+        """The space of ion columns sorted by m/z, with its lookups and mass-bin index."""
+        group, compound = columns["group"], columns["compound"]
+        adduct, iso = columns["adduct"], columns["isotope"]
+        n_groups = int(group.max()) + 1 if group.size else 0
+        start = np.zeros(n_groups + 1, dtype=np.int64)
+        np.cumsum(np.bincount(group, minlength=n_groups), out=start[1:])
+        mono = np.full((len(library["compounds"]), len(library["adduct_names"])), -1,
+                       dtype=np.int64)
+        m0 = np.flatnonzero(iso == 0)
+        mono[compound[m0], adduct[m0]] = m0
+        return cls(**columns, bins=MassBinIndex.build(columns["mz"], max_ppm),
+                   group_start=start, group_rows=np.lexsort((-columns["log_abundance"], group)),
+                   monoisotopic=mono, **library)
+
+    def resolved(self, tol_ppm: float) -> SearchSpace:
+        """The space as an instrument with this mass spread sees it: the isotopologues of one
+        ion closer than ``tol_ppm`` merged into one
+        (:func:`~dask_assign.isotopes.merge_unresolved`)."""
+        if tol_ppm <= 0 or self.mz.size == 0:
+            return self
+        keep, mz, la = merge_unresolved(self.group, self.mz, self.log_abundance, self.isotope,
+                                        tol_ppm)
+        columns = {k: getattr(self, k)[keep] for k in ION_ARRAYS}
+        columns["mz"], columns["log_abundance"] = mz, la
+        order = np.lexsort((columns["isotope"], columns["adduct"], columns["compound"],
+                            columns["mz"]))
+        columns = {k: np.ascontiguousarray(v[order]) for k, v in columns.items()}
+        return SearchSpace._from_columns(
+            columns, self.bins_ppm, **{k: getattr(self, k) for k in LIBRARY_FIELDS})
+
+    @property
+    def bins_ppm(self) -> float:
+        """The widest window (ppm) the mass-bin index serves."""
+        return float(-np.expm1(-self.bins.width) * 1e6)
 
     def tensors(self, device: str) -> dict:
         """The numeric ion columns as tensors (zero-copy on CPU; the kernels never write)."""
@@ -68,6 +112,38 @@ class SearchSpace:
             warnings.simplefilter("ignore", UserWarning)  # arrays unpickled read-only
             return {k: torch.as_tensor(getattr(self, k), device=device)
                     for k in ("mz", "rt", "log_adduct_prior", "log_abundance", "adduct")}
+
+
+#: The per-ion arrays of a SearchSpace, and what it keeps of the library.
+ION_ARRAYS = ("mz", "rt", "log_adduct_prior", "log_abundance", "compound", "adduct", "isotope",
+              "group")
+LIBRARY_FIELDS = ("compounds", "adduct_names", "isotope_labels", "adduct_ions", "n_carbon",
+                  "carbon_per_mass")
+
+#: Spreads of the RT error model that the fitted candidate window spans.
+RT_WINDOW_SIGMAS = 4.0
+
+
+def candidate_rt_window(config: AssignConfig, calibration: Calibration) -> float:
+    """RT bound (minutes, either side) of the candidate search: ``config.rt_window`` where
+    set; else unbounded until the run's RT model is fitted, then ``RT_WINDOW_SIGMAS`` spreads
+    of its broad component (of its core where no library RT is off)."""
+    if config.rt_window is not None:
+        return float(config.rt_window)
+    if calibration.iterations == 0:
+        return float("inf")
+    spread = calibration.rt_tail_sigma if calibration.rt_tail_share > 0 else calibration.rt_sigma
+    return RT_WINDOW_SIGMAS * spread
+
+
+def main_adduct(space: SearchSpace) -> int:
+    """The adduct a run's compounds show most (the table's largest prior): the one the
+    calibration learns the run's error models from."""
+    if space.adduct.size == 0:
+        return 0
+    prior = np.full(len(space.adduct_names), -np.inf)
+    np.maximum.at(prior, space.adduct, space.log_adduct_prior)
+    return int(np.argmax(prior))
 
 
 def calibrated_ions(space: SearchSpace, calibration: Calibration, device: str) -> dict:
@@ -80,9 +156,20 @@ def calibrated_ions(space: SearchSpace, calibration: Calibration, device: str) -
         fitted = torch.as_tensor(calibration.log_adduct_priors, dtype=torch.float64,
                                  device=ions["mz"].device)
         ions["log_adduct_prior"] = fitted[ions["adduct"]]
+    if calibration.log_adduct_background is not None:
+        # A denser background beside an adduct's ions: its matches are likelier chance.
+        background = torch.as_tensor(calibration.log_adduct_background, dtype=torch.float64,
+                                     device=ions["mz"].device)
+        ions["log_adduct_prior"] = ions["log_adduct_prior"] - background[ions["adduct"]]
     ions["mapped_rt"] = calibration.rt_map(ions["rt"])
     ions["ppm_offset"] = calibration.mass_offset(ions["mz"])
     return ions
+
+
+def centred_mz(mz: torch.Tensor, calibration: Calibration) -> torch.Tensor:
+    """Peak m/z with the run's systematic mass error taken out, so that a window of fixed
+    ppm around each ion is centred where the instrument puts that ion."""
+    return mz / (1 + calibration.mass_offset(mz) * 1e-6)
 
 
 def peak_tensors(part, device: str) -> dict:
@@ -104,9 +191,11 @@ class ScoredPairs:
 
     ``features`` are ordered by peak, best first; ``rank`` numbers them within each peak;
     ``prob`` and ``p_null`` follow the overflow policy (NaN for a flagged peak). ``logit`` is
-    each kept pair's logit against the null slot, and ``log_rest`` the log of the summed
-    weight of candidates scored but not kept (``-inf`` unless ``overflow="rounds"``), so the
-    context pass can re-weigh the same hypotheses.
+    each kept pair's logit against the null slot, ``isomer`` the log odds that an unlisted
+    compound of its formula made the peak instead (that probability is the null's), and
+    ``log_rest`` the log of the summed weight of candidates scored but not kept (``-inf``
+    unless ``overflow="rounds"``) with ``rest_isomer`` the share of it that is their
+    unlisted isomers', so the context pass can re-weigh the same hypotheses.
     """
 
     features: PairFeatures
@@ -116,11 +205,36 @@ class ScoredPairs:
     n_candidates: torch.Tensor
     overflow: torch.Tensor
     logit: torch.Tensor
+    isomer: torch.Tensor
     log_rest: torch.Tensor
+    rest_isomer: torch.Tensor
+
+    #: Fields with one entry per kept pair, and per peak.
+    PAIR_FIELDS = ("rank", "prob", "logit", "isomer")
+    PEAK_FIELDS = ("p_null", "n_candidates", "overflow", "log_rest", "rest_isomer")
+
+
+def slot_probabilities(logit, isomer, peak, n, log_rest=None, rest_isomer=None):
+    """Probabilities of each candidate and of each peak's null (which takes the candidates'
+    unlisted isomers, :func:`~dask_assign.scoring.with_isomers`), over the kept candidates
+    and, where given, the summed weight ``log_rest`` of candidates not kept (of which the
+    share ``rest_isomer`` is their isomers', and so the null's)."""
+    slot, share = with_isomers(logit, isomer)
+    to_null = torch.zeros(n, dtype=slot.dtype, device=slot.device)
+    if log_rest is None:
+        prob, p_null = segment_softmax(slot, peak, n)
+    else:
+        rest = torch.nonzero(torch.isfinite(log_rest)).flatten()
+        prob, p_null = segment_softmax(torch.cat([slot, log_rest[rest]]),
+                                       torch.cat([peak, rest]), n)
+        to_null[rest] = prob[slot.shape[0]:] * rest_isomer[rest]
+        prob = prob[: slot.shape[0]]
+    return prob * share, p_null + to_null.index_add(0, peak, prob * (1 - share))
 
 
 def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfig,
-                calibration: Calibration, k: int, widen: float = 1.0) -> ScoredPairs:
+                calibration: Calibration, k: int, widen: float = 1.0,
+                adduct: int | None = None) -> ScoredPairs:
     """Join, score and keep at most ``k`` candidates per peak.
 
     Parameters
@@ -135,46 +249,56 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
         Candidates kept per peak.
     widen : float
         Factor on the ppm and RT windows (the refinement searches wider).
+    adduct : int, optional
+        Only this adduct's ions are candidates (the calibration's main adduct).
     """
     n = peaks["mz"].shape[0]
-    pi, ii = range_join(peaks["mz"], peaks["rt"], ions["mz"], ions["mapped_rt"], space.bins,
-                        config.ppm * widen, config.rt_window * widen)
+    pi, ii = range_join(centred_mz(peaks["mz"], calibration), peaks["rt"], ions["mz"],
+                        ions["mapped_rt"], space.bins, config.ppm * widen,
+                        candidate_rt_window(config, calibration) * widen)
+    if adduct is not None:
+        mine = ions["adduct"][ii] == adduct
+        pi, ii = pi[mine], ii[mine]
     feats = pair_features(pi, ii, peaks, ions)
     scorer = get_scorer(config.scorer, calibration, config.device)
     logits = scorer(feats)
+    isomer = scorer.isomer_odds(feats)
     order, rank, _ = rank_within_peak(feats.peak, logits)
-    feats, logits = feats.take(order), logits[order]
+    feats, logits, isomer = feats.take(order), logits[order], isomer[order]
     n_cand = torch.bincount(feats.peak, minlength=n)
     overflow = n_cand > k
     keep = rank < k
     if config.overflow == "rounds":
         # Every candidate counts in the normaliser, K at a time; only the best K are listed.
-        log_z = logsumexp_rounds(logits, feats.peak, n, torch.div(rank, k, rounding_mode="floor"))
-        prob_all = torch.exp(logits - log_z[feats.peak])
-        p_null = torch.exp(-log_z)
-        dropped = torch.zeros_like(p_null).index_add(0, feats.peak[~keep], prob_all[~keep])
+        slot, share = with_isomers(logits, isomer)
+        log_z = logsumexp_rounds(slot, feats.peak, n, torch.div(rank, k, rounding_mode="floor"))
+        gone = feats.peak[~keep]
+        weight = torch.exp(slot[~keep] - log_z[gone])
+        dropped = torch.zeros_like(log_z).index_add(0, gone, weight)
+        rest_isomer = torch.zeros_like(log_z).index_add(0, gone, weight * (1 - share[~keep]))
+        rest_isomer = torch.where(dropped > 0, rest_isomer / dropped, rest_isomer)
         log_rest = torch.log(dropped) + log_z
-        feats, prob, rank, logits = feats.take(keep), prob_all[keep], rank[keep], logits[keep]
+        feats, rank, logits, isomer = feats.take(keep), rank[keep], logits[keep], isomer[keep]
+        prob, p_null = slot_probabilities(logits, isomer, feats.peak, n, log_rest, rest_isomer)
     else:
-        feats, logits, rank = feats.take(keep), logits[keep], rank[keep]
-        prob, p_null = segment_softmax(logits, feats.peak, n)
+        feats, logits, rank, isomer = feats.take(keep), logits[keep], rank[keep], isomer[keep]
+        prob, p_null = slot_probabilities(logits, isomer, feats.peak, n)
         log_rest = torch.full_like(p_null, float("-inf"))
+        rest_isomer = torch.zeros_like(p_null)
         if config.overflow == "flag":
             # No call for a peak whose candidates were cut: it is left for review.
             nan = torch.tensor(float("nan"), dtype=prob.dtype, device=prob.device)
             prob = torch.where(overflow[feats.peak], nan, prob)
             p_null = torch.where(overflow, nan, p_null)
-    # An unlisted isomer is always possible: a share of every call's probability goes to null.
-    kappa = config.scorer.unlisted_prior
-    prob = prob * (1 - kappa)
-    p_null = p_null + kappa * (1 - p_null)
-    return ScoredPairs(feats, rank, prob, p_null, n_cand, overflow, logits, log_rest)
+    return ScoredPairs(feats, rank, prob, p_null, n_cand, overflow, logits, isomer, log_rest,
+                       rest_isomer)
 
 
 #: Columns and dtypes of the assignments table (one row per peak).
 ASSIGNMENT_DTYPES = {
     "peak_id": "string", "compound_id": "string", "name": "string", "formula": "string",
-    "adduct": "string", "isotope": "string", "prob": "float64", "p_null": "float64",
+    "adduct": "string", "isotope": "string", "prob": "float64", "p_formula": "float64",
+    "p_null": "float64",
     "ppm_error": "float64", "rt_error": "float64", "n_candidates": "int64", "overflow": "bool",
     "refined": "bool", "n_partners": "int64", "context_changed": "bool", "mz": "float64",
     "rt": "float64",
@@ -197,10 +321,10 @@ def _merge(first: ScoredPairs, second: ScoredPairs, redo: torch.Tensor) -> Score
     feats = PairFeatures(**{k: torch.cat([getattr(first.features, k)[keep], getattr(f2, k)])
                             for k in f2.__dict__})
     pairs = {k: torch.cat([getattr(first, k)[keep], getattr(second, k)])
-             for k in ("rank", "prob", "logit")}
+             for k in ScoredPairs.PAIR_FIELDS}
     order = torch.sort(feats.peak, stable=True).indices  # back to peak order, ranks kept
     peaks = {}
-    for k in ("p_null", "n_candidates", "overflow", "log_rest"):
+    for k in ScoredPairs.PEAK_FIELDS:
         peaks[k] = getattr(first, k).clone()
         peaks[k][redo] = getattr(second, k)
     return ScoredPairs(feats.take(order), **{k: v[order] for k, v in pairs.items()}, **peaks)
@@ -241,18 +365,18 @@ def _concat(parts: list[ScoredPairs]) -> ScoredPairs:
         offset += part.p_null.shape[0]
     features = PairFeatures(**{k: torch.cat([getattr(f, k) for f in feats])
                                for k in feats[0].__dict__})
-    return ScoredPairs(features, *(torch.cat([getattr(p, k) for p in parts])
-                                   for k in ("rank", "prob", "p_null", "n_candidates",
-                                             "overflow", "logit", "log_rest")))
+    return ScoredPairs(features, **{k: torch.cat([getattr(p, k) for p in parts])
+                                    for k in ScoredPairs.PAIR_FIELDS + ScoredPairs.PEAK_FIELDS})
 
 
 def score_in_batches(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfig,
-                     calibration: Calibration, k: int, widen: float = 1.0) -> ScoredPairs:
+                     calibration: Calibration, k: int, widen: float = 1.0,
+                     adduct: int | None = None) -> ScoredPairs:
     """:func:`score_peaks` over batches of about ``config.max_pairs`` candidate pairs, so a
     crowded m/z range (or a huge tolerance) cannot exhaust memory."""
     lo, hi = window_bounds(peaks["mz"], space.bins)
     return _concat([score_peaks({key: v[a:b] for key, v in peaks.items()}, ions, space, config,
-                                calibration, k, widen)
+                                calibration, k, widen, adduct)
                     for a, b in batches_by_pairs(lo, hi, config.max_pairs)])
 
 
@@ -313,7 +437,7 @@ def _labels(space: SearchSpace, ion: np.ndarray,
     out = {c: space.compounds[c].astype("string").array.take(cidx, allow_fill=True)
            for c in compound_columns}
     for col, names, codes in (("adduct", space.adduct_names, space.adduct),
-                              ("isotope", ISOTOPE_LABELS, space.isotope)):
+                              ("isotope", space.isotope_labels, space.isotope)):
         out[col] = pd.array(list(names), dtype="string").take(
             np.where(none, -1, codes[safe]), allow_fill=True)
     return out
@@ -342,6 +466,46 @@ def annotate_partition(part, space: SearchSpace, config: AssignConfig,
     return to_tables(result, space)
 
 
+def formula_probability(space: SearchSpace, peak: np.ndarray, ion: np.ndarray,
+                        prob: np.ndarray, called: np.ndarray) -> np.ndarray:
+    """Probability of each peak's call at formula level: the summed probability of its
+    candidates that are the same ion (adduct and isotopologue) of a compound with the call's
+    formula, the library isomers of the call (NaN where the call is the null).
+
+    Examples
+    --------
+    Two isomers share a peak's probability; the formula takes both:
+
+    >>> import types
+    >>> space = types.SimpleNamespace(
+    ...     compounds=pd.DataFrame({"formula": ["C6H12O6", "C6H12O6", "C5H10O5"]}),
+    ...     compound=np.array([0, 1, 2]), adduct=np.array([0, 0, 0]), isotope=np.array([0, 0, 0]))
+    >>> formula_probability(space, np.array([0, 0, 0]), np.array([0, 1, 2]),
+    ...                     np.array([0.5, 0.3, 0.1]), np.array([0])).tolist()
+    [0.8]
+    """
+    formula = space.compounds["formula"].astype("string")
+    code = pd.factorize(formula.fillna(""), use_na_sentinel=False)[0].astype(np.int64)
+    # A compound known only by mass is a formula of its own.
+    code = np.where(formula.isna().to_numpy(), -1 - np.arange(code.size), code)
+
+    def key(rows):
+        return np.stack([code[space.compound[rows]], space.adduct[rows],
+                         space.isotope[rows]], axis=1)
+
+    out = np.full(called.size, np.nan)
+    has = np.flatnonzero(called >= 0)
+    if has.size == 0 or peak.size == 0:
+        return out
+    mine = key(ion)
+    want = key(called[has])
+    at = np.searchsorted(has, peak)
+    at = np.minimum(at, has.size - 1)
+    same = (has[at] == peak) & (mine == want[at]).all(axis=1)
+    out[has] = np.bincount(at[same], weights=prob[same], minlength=has.size)
+    return out
+
+
 def to_tables(result: PartitionResult, space: SearchSpace):
     """The assignments and candidates tables of a scored partition (pandas)."""
     part, scored, pair, prob, refined = (result.part, result.scored, result.pair, result.prob,
@@ -368,6 +532,8 @@ def to_tables(result: PartitionResult, space: SearchSpace):
     assignments = pd.DataFrame({
         "peak_id": peak_ids, **calls,
         "prob": prob.cpu().numpy(),
+        "p_formula": formula_probability(space, f.peak.cpu().numpy(), ion,
+                                         scored.prob.cpu().numpy(), ion_called),
         "p_null": scored.p_null.cpu().numpy(),
         "ppm_error": on_calls(ppm), "rt_error": on_calls(rt_err),
         "n_candidates": scored.n_candidates.cpu().numpy().astype(np.int64),
@@ -387,4 +553,8 @@ def to_tables(result: PartitionResult, space: SearchSpace):
         "isotope": labels["isotope"], "ppm_error": ppm, "rt_error": rt_err,
         "prob": scored.prob.cpu().numpy(),
     }).astype(CANDIDATE_DTYPES)
+    # Sums of probabilities can pass 1 by a rounding error; a probability never does.
+    for table, cols in ((assignments, ("prob", "p_formula", "p_null")), (candidates, ("prob",))):
+        for col in cols:
+            table[col] = table[col].clip(0.0, 1.0)
     return assignments.astype(ASSIGNMENT_DTYPES), candidates

@@ -18,21 +18,42 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .annotate import SearchSpace, calibrated_ions, peak_tensors, score_in_batches
+from .annotate import (
+    SearchSpace,
+    calibrated_ions,
+    centred_mz,
+    main_adduct,
+    peak_tensors,
+    score_in_batches,
+)
 from .candidates import batches_by_pairs, range_join, window_bounds
 from .config import AssignConfig, Calibration, ScorerParams
 from .curves import Curve, curve_statistics, fit_curve, n_statistics
 from .errors import InputError
+from .mass_search import mass_knots, mass_votes, offset_curve
 from .model import MODEL_FIELDS
+from .relations import DECOY_SHIFTS
+from .scoring import log_normal
 
 log = logging.getLogger(__name__)
 
 #: Sums over peaks that set the run context (spans, intensity scale).
-SUMMARY_COLUMNS = ("n", "mz_min", "mz_max", "rt_min", "rt_max", "li_n", "li_sum", "li_sq")
+#: Bins of the log10 intensity histograms (the detection limit, the isotope detection rates).
+LOG10_INTENSITY_BINS = np.arange(-2.0, 14.0 + 1e-9, 0.05)
+#: Quantile of the peaks' intensities taken as the detection limit.
+DETECT_QUANTILE = 0.01
+SUMMARY_COLUMNS = ("n", "mz_min", "mz_max", "rt_min", "rt_max", "li_n", "li_sum", "li_sq",
+                   *(f"hist{k}" for k in range(LOG10_INTENSITY_BINS.size - 1)))
 #: Knots of the mass-offset curve (over the peaks' m/z range) and of the RT map (over the
 #: library's RT range): enough for a smooth bend, few enough for a thousand matches.
 MASS_KNOTS = 6
 RT_KNOTS = 12
+#: Share of library RTs taken to be off before the data say (the EM's start): a share of 0
+#: could never grow, since an RT-off match would then have no weight.
+START_TAIL_SHARE = 0.5
+#: The broad RT component is at least this many times wider than the core (else the two
+#: cannot be told apart).
+TAIL_WIDER = 3.0
 #: Pseudo-counts pulling fitted adduct priors toward the table's (keeps rare adducts alive).
 ADDUCT_PSEUDO_COUNT = 5.0
 
@@ -56,7 +77,9 @@ def em_columns(space: SearchSpace) -> tuple:
     return (("n", "w")
             + tuple(f"mass_{k}" for k in range(n_statistics(MASS_KNOTS)))
             + tuple(f"rt_{k}" for k in range(n_statistics(RT_KNOTS)))
-            + tuple(f"adduct_{k}" for k in range(len(space.adduct_names))))
+            + ("rt_core_w", "rt_core_r2", "rt_tail_w", "rt_tail_r2")
+            + tuple(f"adduct_{k}" for k in range(len(space.adduct_names)))
+            + ("decoy",))
 
 
 def peak_summary(part) -> pd.DataFrame:
@@ -66,12 +89,23 @@ def peak_summary(part) -> pd.DataFrame:
     mz = part["mz"].to_numpy(dtype=np.float64)
     rt = part["rt"].to_numpy(dtype=np.float64)
     empty = len(part) == 0
+    hist = np.histogram(li / math.log(10), LOG10_INTENSITY_BINS)[0].astype(np.float64)
     return pd.DataFrame({
         "n": [float(len(part))],
         "mz_min": [np.inf if empty else mz.min()], "mz_max": [-np.inf if empty else mz.max()],
         "rt_min": [np.inf if empty else rt.min()], "rt_max": [-np.inf if empty else rt.max()],
         "li_n": [float(li.size)], "li_sum": [li.sum()], "li_sq": [(li * li).sum()],
+        **{f"hist{k}": [v] for k, v in enumerate(hist)},
     })
+
+
+def detection_limit(hist: np.ndarray) -> float:
+    """Natural log of the intensity below which peaks are rarely detected: the
+    ``DETECT_QUANTILE`` of a log10 intensity histogram (``-inf`` without intensities)."""
+    if hist.sum() <= 0:
+        return float("-inf")
+    k = int(np.searchsorted(np.cumsum(hist) / hist.sum(), DETECT_QUANTILE))
+    return float(LOG10_INTENSITY_BINS[k] * math.log(10))
 
 
 #: Peak and library RT ranges further apart than this factor mean different units.
@@ -99,12 +133,14 @@ def check_rt_units(peak_rt_max: float, library_rt: np.ndarray):
             "--library-rt-unit for the library)", column="rt")
 
 
-def prior_normaliser(space: SearchSpace, params, log_adduct_prior: np.ndarray) -> float:
-    """log of the summed prior weights of all ions (``log_adduct_prior`` given per ion)."""
-    if space.mz.size == 0:
-        return 0.0
+def prior_normaliser(space: SearchSpace, params, log_adduct_prior: np.ndarray,
+                     adduct: int | None = None) -> float:
+    """log of the summed prior weights of all ions (``log_adduct_prior`` given per ion), or of
+    one adduct's ions."""
     weights = params.adduct_weight * log_adduct_prior + params.isotope_weight * space.log_abundance
-    return float(np.logaddexp.reduce(weights))
+    if adduct is not None:
+        weights = weights[space.adduct == adduct]
+    return float(np.logaddexp.reduce(weights)) if weights.size else 0.0
 
 
 def run_context(summary: pd.DataFrame, space: SearchSpace, config: AssignConfig) -> Calibration:
@@ -116,12 +152,14 @@ def run_context(summary: pd.DataFrame, space: SearchSpace, config: AssignConfig)
         "li_sum": summary["li_sum"].sum(), "li_sq": summary["li_sq"].sum(),
     }
     check_rt_units(s["rt_max"], space.rt)
+    hist = summary[[f"hist{k}" for k in range(LOG10_INTENSITY_BINS.size - 1)]].sum().to_numpy()
     p = config.scorer
     # The background is uniform over the searched space; floors keep tiny inputs sensible.
     mz_span_ppm = max(math.log(max(s["mz_max"], 1.0) / max(s["mz_min"], 1.0)) * 1e6,
                       100 * config.ppm)
-    rt_span = max(s["rt_max"] - s["rt_min"], 10 * config.rt_window, 1.0)
-    log_prior_mass = prior_normaliser(space, p, space.log_adduct_prior)
+    rt_span = max(s["rt_max"] - s["rt_min"], 1.0)
+    # The EM sees the main adduct's ions only: its prior is spread over them.
+    log_prior_mass = prior_normaliser(space, p, space.log_adduct_prior, main_adduct(space))
     known = space.rt[np.isfinite(space.rt)]
     rt_lo, rt_hi = (float(known.min()), float(known.max())) if known.size else (0.0, 1.0)
     mass = Curve.line(p.mass_offset_ppm, 0.0, s["mz_min"] if np.isfinite(s["mz_min"]) else 0.0,
@@ -135,10 +173,48 @@ def run_context(summary: pd.DataFrame, space: SearchSpace, config: AssignConfig)
     return Calibration(
         mass_knots=mass.knots, mass_offsets=mass.values, mass_sigma_ppm=p.mass_sigma_ppm,
         rt_knots=rt_map.knots, rt_values=rt_map.values, rt_sigma=p.rt_sigma,
+        # Until the data say how far library RTs hold, half of them are taken to be off.
+        rt_tail_share=START_TAIL_SHARE, rt_tail_sigma=rt_span / 4,
         null_prior=p.null_prior, rt_span=rt_span,
         log_volume=math.log(mz_span_ppm * rt_span), log_prior_mass=log_prior_mass,
-        log_intensity_center=center, log_intensity_scale=max(scale, 0.1), iterations=0,
+        log_intensity_center=center, log_intensity_scale=max(scale, 0.1),
+        log_detect=detection_limit(hist), iterations=0,
     )
+
+
+#: Peaks the mass search looks at, at most (a deterministic sample by peak id).
+MASS_SAMPLE = 50_000
+
+
+def search_ppm(config: AssignConfig) -> float:
+    """Half-width (ppm) of the mass search: ``mass_search_ppm``, and at least twice the
+    candidate window."""
+    return max(config.mass_search_ppm, 2 * config.ppm)
+
+
+def mass_search(part, space: SearchSpace, config: AssignConfig, fraction: float,
+                edges: np.ndarray) -> pd.DataFrame:
+    """Votes of one partition's sampled peaks for the mass-offset curve (see
+    :mod:`dask_assign.mass_search`): mass-only pairs with the monoisotopic ions."""
+    keep = sampled(part, fraction)
+    mz = peak_tensors(part, config.device)["mz"]
+    mz = mz[torch.as_tensor(keep, device=mz.device)]
+    ion_mz = torch.as_tensor(space.mz[space.isotope == 0], device=mz.device)
+    return mass_votes(mz, ion_mz, search_ppm(config), edges, config.max_pairs)
+
+
+def start_mass_curve(votes: pd.DataFrame, start: Calibration, config: AssignConfig,
+                     edges: np.ndarray) -> Calibration:
+    """``start`` with the mass-offset curve the votes show (knots where the peaks are), or
+    as it is when they show none."""
+    found = offset_curve(votes, search_ppm(config), edges)
+    if found is None:
+        return start
+    knots = mass_knots(found[0], MASS_KNOTS)
+    offsets = np.interp(knots, found[0], found[1])
+    log.info("mass search: offset %s ppm at m/z %s", np.round(offsets, 1).tolist(),
+             np.round(knots).astype(int).tolist())
+    return start.replace(mass_knots=tuple(knots), mass_offsets=tuple(offsets))
 
 
 #: Slopes tried by the drift search (library RT -> run RT).
@@ -167,7 +243,7 @@ def sampled(part, fraction: float) -> np.ndarray:
 
 
 def drift_votes(part, space: SearchSpace, config: AssignConfig, fraction: float,
-                kernel: str = "auto"):
+                calibration: Calibration | None = None, kernel: str = "auto"):
     """Votes of one partition for the RT map: every mass match (RT ignored) of the sampled
     peaks votes, for each slope tried, for the shift ``rt_peak - slope * rt_library``.
 
@@ -181,6 +257,8 @@ def drift_votes(part, space: SearchSpace, config: AssignConfig, fraction: float,
     config : AssignConfig
     fraction : float
         Share of the peaks that vote (:func:`sampled`).
+    calibration : Calibration, optional
+        Its mass-offset curve centres the mass windows (none when omitted).
     kernel : {"auto", "numba", "torch"}
         How the votes are counted: a compiled loop (``"auto"`` on CPU) or torch (on CUDA).
 
@@ -200,7 +278,8 @@ def drift_votes(part, space: SearchSpace, config: AssignConfig, fraction: float,
     budget = max(config.max_pairs // len(DRIFT_SLOPES), 1)
     for a, b in batches_by_pairs(lo, hi, budget):
         sub = {k: v[a:b] for k, v in peaks.items()}
-        pi, ii = range_join(sub["mz"], sub["rt"], ions["mz"], ions["rt"], space.bins,
+        centred = sub["mz"] if calibration is None else centred_mz(sub["mz"], calibration)
+        pi, ii = range_join(centred, sub["rt"], ions["mz"], ions["rt"], space.bins,
                             config.ppm, float("inf"))
         has_rt = ~torch.isnan(ions["rt"][ii])
         pi, ii = pi[has_rt], ii[has_rt]
@@ -276,22 +355,68 @@ def em_statistics(part, space: SearchSpace, config: AssignConfig,
         One row with the columns of :func:`em_columns`.
     """
     peaks = peak_tensors(part, config.device)
+    main = main_adduct(space)
     scored = score_in_batches(peaks, calibrated_ions(space, calibration, config.device), space,
-                              config, calibration, config.k_first)
+                              config, calibration, config.k_first, adduct=main)
     f = scored.features
-    # Undo the unlisted-isomer share: the M-step fits the mixture itself.
-    w = (scored.prob / (1 - config.scorer.unlisted_prior)).nan_to_num(0.0)
+    w = scored.prob.nan_to_num(0.0)
     ion_mz = torch.as_tensor(space.mz, device=w.device)[f.ion]
     has_rt = ~torch.isnan(f.ion_rt)
     vals = [float(len(part)), float(w.sum())]
     vals += curve_statistics(ion_mz, f.ppm_error, w, calibration.mass_knots)
-    vals += curve_statistics(f.ion_rt[has_rt], f.peak_rt[has_rt], w[has_rt],
+    # RT: each match's share in the core and in the broad component of the RT model.
+    r = (f.peak_rt - f.expected_rt)[has_rt]
+    wr = w[has_rt]
+    core = log_normal(r, calibration.rt_sigma) + math.log1p(-calibration.rt_tail_share)
+    tail = log_normal(r, calibration.rt_tail_sigma) + math.log(calibration.rt_tail_share)
+    g = torch.sigmoid(core - tail)
+    # The map's weights: precision of each match under its components, in core units.
+    ratio = (calibration.rt_sigma / calibration.rt_tail_sigma) ** 2
+    vals += curve_statistics(f.ion_rt[has_rt], f.peak_rt[has_rt], wr * (g + (1 - g) * ratio),
                              calibration.rt_knots)
+    vals += [float((wr * g).sum()), float((wr * g * r * r).sum()),
+             float((wr * (1 - g)).sum()), float((wr * (1 - g) * r * r).sum())]
     n_adducts = len(space.adduct_names)
     adduct = torch.as_tensor(space.adduct, device=w.device)[f.ion]
     vals += torch.zeros(n_adducts, dtype=w.dtype, device=w.device).index_add(
         0, adduct, w).tolist()
+    vals.append(decoy_pairs(peaks, space, config, calibration, main))
     return pd.DataFrame({k: [float(v)] for k, v in zip(em_columns(space), vals, strict=True)})
+
+
+def decoy_pairs(peaks: dict, space: SearchSpace, config: AssignConfig,
+                calibration: Calibration, adduct: int) -> float:
+    """Chance pairs of the peaks with one adduct's monoisotopic ions in the candidate window:
+    the pairs of peaks shifted by ``DECOY_SHIFTS`` (mass differences no chemistry makes),
+    per shift. Peaks are not spread evenly: they crowd where molecules' masses are, as the
+    library's ions do, and the decoys measure how much more often than an even spread
+    chance puts a peak beside an ion."""
+    ions = space.tensors(config.device)
+    total = 0
+    for d in DECOY_SHIFTS:
+        shifted = centred_mz(peaks["mz"] + d, calibration)
+        lo, hi = window_bounds(shifted, space.bins)
+        for a, b in batches_by_pairs(lo, hi, config.max_pairs):
+            _, ii = range_join(shifted[a:b], peaks["rt"][a:b], ions["mz"], ions["rt"],
+                               space.bins, config.ppm, float("inf"))
+            mono = torch.as_tensor(space.isotope == 0, device=ii.device)[ii]
+            total += int(((ions["adduct"][ii] == adduct) & mono).sum())
+    return total / len(DECOY_SHIFTS)
+
+
+def log_enrichment(stats: dict, space: SearchSpace, config: AssignConfig,
+                   calibration: Calibration) -> float:
+    """log of how much more often than an even spread of the peaks over the run's log-m/z
+    range a peak lies beside a library ion by chance (from :func:`decoy_pairs`), at least
+    0: the background density the null slot stands for, near library ions."""
+    main = main_adduct(space)
+    n_ions = int(((space.adduct == main) & (space.isotope == 0)).sum())
+    span_ppm = math.exp(calibration.log_volume) / calibration.rt_span
+    expected = stats["n"] * n_ions * 2 * config.ppm / max(span_ppm, 1.0)
+    if expected <= 0:
+        return 0.0
+    # A pseudo-count of one expected pair keeps a run with few decoys near no enrichment.
+    return max(math.log((stats["decoy"] + expected) / (2 * expected)), 0.0)
 
 
 def adduct_priors(stats: dict, space: SearchSpace, config: AssignConfig):
@@ -339,14 +464,29 @@ def m_step(stats: dict, calibration: Calibration, config: AssignConfig,
     # Elution order is kept from library to run: the map is monotone.
     rt = fit_curve(_sums(stats, "rt", RT_KNOTS), c.rt_knots, monotone=True)
     if rt is not None:
-        changes.update(rt_values=rt.curve.values,
-                       rt_sigma=min(max(rt.sigma, 0.01), config.rt_window))
-    null = 1.0 - stats["w"] / max(stats["n"], 1.0)
-    changes["null_prior"] = min(max(null, 0.02), 0.98)
+        changes["rt_values"] = rt.curve.values
+        changes.update(rt_mixture(stats, c))
+    # The EM sees the main adduct's ions: its null is every other peak. The run's null, over
+    # all ions, follows once the other adducts' shares are measured (context.scoring_calibration).
+    changes["main_share"] = stats["w"] / max(stats["n"], 1.0)
+    changes["null_prior"] = min(max(1.0 - changes["main_share"], 0.02), 0.98)
     if space is not None and len(space.mz):
-        changes["log_adduct_priors"], changes["log_prior_mass"] = adduct_priors(
-            stats, space, config)
+        changes["log_enrichment"] = log_enrichment(stats, space, config, c)
     return c.replace(**changes, iterations=c.iterations + 1)
+
+
+def rt_mixture(stats: dict, c: Calibration) -> dict:
+    """M-step of the RT error mixture: the share of library RTs that are off, and the two
+    spreads, from the responsibility sums (a pseudo-count on each side of the share)."""
+    w1, w2 = stats["rt_core_w"], stats["rt_tail_w"]
+    if w1 + w2 < 5:
+        return {}
+    share = min(max((w2 + 1.0) / (w1 + w2 + 2.0), 1e-3), 0.95)
+    sigma = math.sqrt(stats["rt_core_r2"] / max(w1, 1e-12)) if w1 > 1 else c.rt_sigma
+    sigma = min(max(sigma, 0.01), c.rt_span)
+    tail = math.sqrt(stats["rt_tail_r2"] / max(w2, 1e-12)) if w2 > 1 else c.rt_tail_sigma
+    tail = min(max(tail, TAIL_WIDER * sigma), c.rt_span)
+    return {"rt_sigma": sigma, "rt_tail_share": share, "rt_tail_sigma": tail}
 
 
 def _sums(stats: dict, prefix: str, n_knots: int) -> list:
@@ -359,6 +499,7 @@ def converged(old: Calibration, new: Calibration) -> bool:
             and abs(math.log(new.mass_sigma_ppm / old.mass_sigma_ppm)) < 0.01
             and new.rt_map.max_difference(old.rt_map) < 1e-3
             and abs(math.log(new.rt_sigma / old.rt_sigma)) < 0.01
+            and abs(new.rt_tail_share - old.rt_tail_share) < 1e-3
             and abs(new.null_prior - old.null_prior) < 1e-3)
 
 
@@ -388,10 +529,11 @@ def fit_calibration(stats_of, start: Calibration, config: AssignConfig,
     c = start
     for _ in range(config.em_iterations):
         new = m_step(stats_of(c), c, config, space)
-        log.info("EM %d: mass %+.2f..%+.2f +/- %.2f ppm, RT shift %+.3f..%+.3f +/- %.3f min, "
-                 "null prior %.3f", new.iterations, min(new.mass_offsets),
-                 max(new.mass_offsets), new.mass_sigma_ppm,
-                 *_shift_range(new), new.rt_sigma, new.null_prior)
+        log.info("EM %d: mass %+.2f..%+.2f +/- %.2f ppm, RT shift %+.3f..%+.3f +/- %.3f min "
+                 "(%.0f%% off, +/- %.2f), null prior %.3f", new.iterations,
+                 min(new.mass_offsets), max(new.mass_offsets), new.mass_sigma_ppm,
+                 *_shift_range(new), new.rt_sigma, 100 * new.rt_tail_share,
+                 new.rt_tail_sigma, new.null_prior)
         done = new is c or converged(c, new)
         c = new
         if done:

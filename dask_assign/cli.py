@@ -38,8 +38,9 @@ def _add_run_options(p: argparse.ArgumentParser):
                    help="unit of the peak table's RT (default: inferred, and logged)")
     p.add_argument("--library-rt-unit", choices=["min", "s"], default="min")
     p.add_argument("--ppm", type=float, default=10.0, help="mass tolerance, ppm (default 10)")
-    p.add_argument("--rt-window", type=float, default=0.5,
-                   help="RT tolerance where the library has RT, minutes (default 0.5)")
+    p.add_argument("--rt-window", type=float, default=None,
+                   help="RT bound of the candidate search where the library has RT, minutes "
+                        "(default: from the run's fitted RT error model)")
     p.add_argument("--adducts", help="comma-separated adduct names (default: common ones)")
     p.add_argument("--adduct-table", help="a TSV/CSV adduct table replacing the built-in one")
     p.add_argument("--k-max", type=int, default=50, help="most candidates kept per peak")
@@ -53,8 +54,8 @@ def _add_run_options(p: argparse.ArgumentParser):
                    help="widest RT difference (min) between ions of one molecule that the "
                    "context pass considers; the tolerance is fitted below it (default 0.1)")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="scorer model folder (from 'dask-assign train'); 'default' is the "
-                        "shipped model, 'none' the untrained generative scorer")
+                   help="scorer model folder (from 'dask-assign train'); 'default' (or 'none') "
+                        "is the generative scorer")
     p.add_argument("--columns", type=_columns, help="peak columns, e.g. mz=MZ,rt=RT,peak_id=ID")
     p.add_argument("--partition-size", type=int, default=250_000, help="peaks per partition")
     p.add_argument("--block-pairs", type=int, default=2_000_000,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from .curves import Curve
 
@@ -36,8 +36,8 @@ class ScorerParams:
     A peak comes from one library ion, or from none ("null"). Each hypothesis has a prior and a
     likelihood of what was measured; the posterior is a softmax over the peak's candidates and
     the null slot. The defaults describe a typical high-resolution instrument and need no
-    training. A trained model (:mod:`dask_assign.model`, ``--model``) re-weighs the terms;
-    the one shipped with the package is what :class:`AssignConfig` uses by default.
+    training, and are what :class:`AssignConfig` uses by default. A model trained with
+    ``dask-assign train`` (:mod:`dask_assign.model`, ``--model``) re-weighs the terms.
 
     Attributes
     ----------
@@ -48,7 +48,7 @@ class ScorerParams:
     null_prior : float
         Prior probability that a peak is none of the library's ions.
     isotope_weight : float
-        Weight of the log isotope abundance (13C1, 13C2) in the prior of an isotope ion.
+        Weight of the log isotope abundance in the prior of an isotopologue ion.
     adduct_weight : float
         Weight of the log adduct prior.
     intensity_weight : float
@@ -63,9 +63,11 @@ class ScorerParams:
     bias : float
         Added to every candidate's logit against the null (0 in the generative model).
     unlisted_prior : float
-        Chance that a peak matching a library ion perfectly is an unlisted compound of the same
-        formula eluting at the same time (an isomer missing from the library). No single peak
-        can tell these apart, so every call keeps at least this much probability on the null.
+        Chance that a peak matching a library ion is an unlisted compound of the same formula
+        (an isomer missing from the library) that elutes anywhere in the run, where the
+        library gives no RT; against a library RT the share follows the RT's evidence
+        (:meth:`~dask_assign.scoring.PeakScorer.isomer_odds`): an isomer explains a match
+        far from the compound's RT better than the compound itself.
     """
 
     mass_offset_ppm: float = 0.0
@@ -79,15 +81,7 @@ class ScorerParams:
     mass_weight: float = 1.0
     rt_weight: float = 1.0
     bias: float = 0.0
-    unlisted_prior: float = 0.05
-
-
-@lru_cache(maxsize=1)
-def default_scorer() -> ScorerParams:
-    """The shipped trained model's weights (``dask_assign/data/model``), read once."""
-    from .model import load_model
-
-    return load_model("default")
+    unlisted_prior: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -107,16 +101,25 @@ class AssignConfig:
         A user adduct table (TSV/CSV, same columns as the built-in one) replacing the built-in.
     ppm : float
         Mass tolerance of the candidate search (ppm, either side).
-    rt_window : float
-        Retention-time tolerance of the candidate search (minutes, either side) around the
-        library RT mapped to this run (see ``max_drift``) where the library has a retention
-        time; compounds without one are not masked by RT.
+    rt_window : float, optional
+        Retention-time bound of the candidate search (minutes, either side) around the
+        library RT mapped to this run, where the library has a retention time (compounds
+        without one are not masked by RT). It only bounds the cost: the scorer weighs the RT
+        through the run's fitted RT error model. ``None`` (the default) takes it from that
+        model (:func:`~dask_assign.calibration.candidate_rt_window`): wide where the run
+        shows library RTs minutes off, narrow where they hold.
     rt_unit : {"auto", "min", "s"}
         Unit of the peak table's retention times; ``auto`` infers it (and logs why).
     library_rt_unit : {"min", "s"}
         Unit of the library's retention times.
     max_isotope : int
-        Highest 13C isotope peak searched (0, 1 or 2).
+        Largest nominal mass shift of the isotopologues searched: neutrons added (or
+        removed), from any element (``13C1`` is 1; ``13C2``, ``18O1``, ``34S1``, ``37Cl1`` are
+        2); 0 searches monoisotopic ions only.
+    isotope_min_abundance : float
+        Smallest isotopologue searched, relative to its monoisotopic ion.
+    isotope_merge_ppm : float
+        Isotopologues of one ion closer than this (ppm) are searched as one ion.
     k_first : int
         Candidates kept per peak in the first pass.
     k_max : int
@@ -131,10 +134,14 @@ class AssignConfig:
     refine_widen : float
         Factor by which the refinement widens the ppm and RT windows.
     scorer : ScorerParams
-        Weights of the scorer: by default the shipped trained model
-        (:func:`default_scorer`); ``ScorerParams()`` is the untrained generative scorer.
+        Weights of the scorer: the generative model of one peak by default, or a model
+        trained with ``dask-assign train`` (:func:`dask_assign.model.load_model`).
     calibrate : bool
         Fit the mass and RT error models and the null prior from the data (EM) before scoring.
+    mass_search_ppm : float
+        Half-width (ppm) of the calibration's first, mass-only search for the run's
+        systematic mass error (at least twice ``ppm``); candidate windows are then centred on
+        the fitted offset curve. 0 turns the search off.
     max_drift : float
         Largest shift (minutes) between library and run retention times that the calibration's
         first, mass-only pass looks for; RT windows are then centred on the fitted mapping.
@@ -161,29 +168,33 @@ class AssignConfig:
         with a halo this wide, so results do not depend on the blocks.
     context_weight : float
         Weight of the context evidence (1: as the model states it; 0: none).
-    context_noise_share : float
+    context_noise_share : float, optional
         Share of the null hypothesis that is noise (no molecule, so no partners) rather than a
-        molecule missing from the library.
+        molecule missing from the library; ``None`` (the default) measures it on the run.
     isotope_ratio_sigma : float
-        Spread (natural log) of an isotope peak's intensity around the ratio its formula
-        predicts.
+        Smallest spread (natural log) of an isotope peak's intensity around the ratio its
+        formula predicts; the run's own spread is measured (its isotope partners of
+        confident calls) and used where it is wider.
     """
 
     mode: str = "positive"
     adducts: tuple[str, ...] | None = None
     adduct_table: str | None = None
     ppm: float = 10.0
-    rt_window: float = 0.5
+    rt_window: float | None = None
     rt_unit: str = "auto"
     library_rt_unit: str = "min"
-    max_isotope: int = 2
+    max_isotope: int = 10
+    isotope_min_abundance: float = 1e-3
+    isotope_merge_ppm: float = 1.0
     k_first: int = 20
     k_max: int = 50
     overflow: str = "prefilter"
     refine_below: float = 0.5
     refine_widen: float = 2.0
-    scorer: ScorerParams = field(default_factory=lambda: default_scorer())
+    scorer: ScorerParams = field(default_factory=ScorerParams)
     calibrate: bool = True
+    mass_search_ppm: float = 40.0
     max_drift: float = 5.0
     em_iterations: int = 8
     partition_size: int = 250_000
@@ -193,7 +204,7 @@ class AssignConfig:
     context: bool = True
     max_coelution: float = 0.1
     context_weight: float = 1.0
-    context_noise_share: float = 0.5
+    context_noise_share: float | None = None
     isotope_ratio_sigma: float = 0.15
 
     def __post_init__(self):
@@ -208,17 +219,21 @@ class AssignConfig:
         need(self.overflow in OVERFLOW_POLICIES, "overflow",
              f"must be one of {', '.join(OVERFLOW_POLICIES)}")
         need(0 < self.ppm < 1e5, "ppm", "must be above 0 and below 100000")
-        need(self.rt_window > 0, "rt_window", "must be positive")
+        need(self.rt_window is None or self.rt_window > 0, "rt_window", "must be positive")
         need(self.k_max >= 1, "k_max", "must be at least 1")
         need(1 <= self.k_first <= self.k_max, "k_first",
              f"must be at least 1 and at most k_max ({self.k_max})")
-        need(self.max_isotope in (0, 1, 2), "max_isotope", "must be 0, 1 or 2")
+        need(0 <= self.max_isotope <= 20, "max_isotope", "must lie in 0..20")
+        need(0 < self.isotope_min_abundance <= 1, "isotope_min_abundance",
+             "must be above 0 and at most 1")
+        need(self.isotope_merge_ppm >= 0, "isotope_merge_ppm", "must not be negative")
         for name in ("max_pairs", "partition_size", "block_pairs"):
             need(getattr(self, name) >= 1, name, "must be at least 1")
+        need(self.mass_search_ppm >= 0, "mass_search_ppm", "must not be negative")
         need(self.refine_widen >= 1, "refine_widen", "must be at least 1")
         need(self.max_coelution > 0, "max_coelution", "must be positive")
-        need(0 < self.context_noise_share < 1, "context_noise_share",
-             "must lie strictly between 0 and 1")
+        need(self.context_noise_share is None or 0 < self.context_noise_share < 1,
+             "context_noise_share", "must lie strictly between 0 and 1")
         need(self.isotope_ratio_sigma > 0, "isotope_ratio_sigma", "must be positive")
         need(self.context_weight >= 0, "context_weight", "must not be negative")
         need(self.device == "cpu" or self.device.startswith("cuda"), "device",
@@ -251,20 +266,35 @@ class Calibration:
     rt_knots, rt_values : tuple of float
         Monotone map of library RT to expected observed RT (minutes), piecewise linear.
     rt_sigma : float
-        Spread of observed RT around the mapping (minutes).
+        Spread of observed RT around the mapping (minutes) for library RTs that hold.
+    rt_tail_share, rt_tail_sigma : float
+        Share of library RTs that do not hold (measured on another day, another column), and
+        the broad spread (minutes) of their residuals: the RT error is the mixture
+        ``(1 - share) N(0, rt_sigma) + share N(0, rt_tail_sigma)``.
     null_prior : float
         Prior share of peaks that are none of the library's ions.
+    main_share : float
+        Share of the peaks that are ions of the main adduct (what the EM measures).
     rt_span : float
         RT range of the peaks (minutes): the background's RT density is ``1 / rt_span``.
     log_volume : float
         log of the searched space (ppm of m/z range times minutes of RT range).
+    log_enrichment : float
+        log of how much denser than an even spread the peaks lie beside library ions by
+        chance (measured with decoy mass shifts): the null's density there.
     log_prior_mass : float
         log of the summed prior weights of all ions.
     log_intensity_center, log_intensity_scale : float
         Mean and spread of the peaks' log intensities.
+    log_detect : float
+        Natural log of the intensity below which peaks are rarely detected (``-inf`` for a
+        table without intensities).
     log_adduct_priors : tuple of float, optional
         Fitted log prior share of each adduct (by the ion table's adduct index); ``None`` keeps
         the adduct table's priors.
+    log_adduct_background : tuple of float, optional
+        log of each adduct's background density beside its ions against the main adduct's
+        (see :class:`~dask_assign.context.ContextModel`); ``None``: the same for all.
     iterations : int
         EM iterations run (0: defaults, not fitted).
     """
@@ -275,13 +305,19 @@ class Calibration:
     rt_knots: tuple = (0.0, 1.0)
     rt_values: tuple = (0.0, 1.0)
     rt_sigma: float = 0.15
+    rt_tail_share: float = 0.0
+    rt_tail_sigma: float = 1.0
     null_prior: float = 0.5
+    main_share: float = 0.5
     rt_span: float = 20.0
     log_volume: float = 17.0
+    log_enrichment: float = 0.0
     log_prior_mass: float = 0.0
     log_intensity_center: float = 11.0
     log_intensity_scale: float = 2.0
+    log_detect: float = float("-inf")
     log_adduct_priors: tuple | None = None
+    log_adduct_background: tuple | None = None
     iterations: int = 0
 
     def __post_init__(self):
@@ -314,15 +350,19 @@ class Calibration:
     def to_dict(self) -> dict:
         """The fields as a plain dict (for logs and the output folder)."""
         out = dataclasses.asdict(self)
-        for name in (*_CURVE_FIELDS, "log_adduct_priors"):
+        for name in (*_CURVE_FIELDS, "log_adduct_priors", "log_adduct_background"):
             if out[name] is not None:
                 out[name] = list(out[name])
+        if not math.isfinite(out["log_detect"]):
+            out["log_detect"] = None  # JSON has no infinity: a table without intensities
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
+        if data.get("log_detect", 0.0) is None:
+            data["log_detect"] = float("-inf")
         # Written before the curves (a straight RT map and a flat mass offset).
         if "rt_intercept" in data:
             a, b = data.pop("rt_intercept"), data.pop("rt_slope", 1.0)
@@ -330,8 +370,9 @@ class Calibration:
         if "mass_offset_ppm" in data:
             offset = data.pop("mass_offset_ppm")
             data.setdefault("mass_offsets", (offset, offset))
-        if data.get("log_adduct_priors") is not None:
-            data["log_adduct_priors"] = tuple(data["log_adduct_priors"])
+        for name in ("log_adduct_priors", "log_adduct_background"):
+            if data.get(name) is not None:
+                data[name] = tuple(data[name])
         return cls(**data)
 
 

@@ -1,25 +1,33 @@
-"""Second pass with context: co-eluting peaks that are other ions of the same molecule.
+"""The context pass: co-eluting peaks that are other ions of the same molecule.
 
-One molecule makes several peaks at one retention time: its 13C isotope peaks, other adducts,
-in-source losses. A peak alone may be ambiguous ([M+Na]+ of one compound against [M+H]+ of
-another, an isotope peak against the monoisotopic peak of a heavier compound); its co-eluting
-partners usually are not.
+One molecule makes several peaks at one retention time: its isotopologues (13C, 15N, 18O,
+34S, 37Cl, ...), other adducts, in-source losses. A peak alone may be ambiguous ([M+Na]+ of
+one compound against [M+H]+ of another, an 18O peak against the monoisotopic peak of a
+heavier compound); its co-eluting partners usually are not.
 
 For every hypothesis about a peak (each candidate, and each label "ion (adduct, 13C count) of a
 molecule not in the library" that the null slot stands for) the pass asks which partner ions
-that hypothesis predicts and whether they are there (:mod:`dask_assign.relations`):
+that hypothesis predicts and whether they are there:
 
-* a partner found multiplies the hypothesis' odds by ``d q / rho + (1 - d)``, where ``d`` is the
-  chance the partner is detected if the hypothesis holds, ``rho`` the chance that a peak lies in
-  the partner's window by accident (measured with decoy mass differences), and ``q`` how well
-  the partner's intensity fits the predicted isotope ratio (against a random peak's intensity);
-* a partner missing multiplies them by ``1 - d``: a 13C1 peak without its monoisotopic peak,
-  or an intense peak of a large molecule without its 13C1 peak, loses support.
+* a candidate's isotopologue siblings (its monoisotopic ion, and the most abundant others of
+  its compound and adduct) at the m/z and intensity ratio its formula predicts, from the ion
+  table; a label's 13C partners from the typical carbon count of its mass;
+* the other adducts of the same molecule (:mod:`dask_assign.relations` maps m/z to m/z).
 
-The isotope terms use the candidate's own carbon count (so an isotope ratio can rule out a
-formula); the null slot uses the library's typical carbon count for the peak's mass. The
-updated logits go through the same segment softmax as the first pass. Everything is batched
-tensor arithmetic over the partition's candidates; the partner search is a compiled sweep.
+A partner found multiplies the hypothesis' odds by ``d q / rho + (1 - d)``, where ``d`` is the
+chance the partner is detected if the hypothesis holds, ``rho`` the chance that a peak lies in
+the partner's window by accident (measured with decoy mass differences), and ``q`` how well
+the partner fits (m/z, RT, intensity ratio) against a random peak; a partner missing
+multiplies them by ``1 - d``. So an 18O peak whose monoisotopic peak is missing, or an acetate
+adduct without its molecule's main ion, loses its support, while a main ion with no partner
+loses little.
+
+What the pass assumes of the run is fitted from the run (:func:`fit_context`, from sums over
+RT blocks): the co-elution spread (13C pairs against decoys), the accident rate, the detection
+limit, how often a molecule shows each adduct besides its main one (co-eluting pairs of
+confident main-ion calls, against decoys: chance matches cannot inflate it), how often an
+isotope partner is detected, and the share of unexplained peaks that are noise rather than
+unknown molecules.
 
 A peak's result depends only on its own candidates and on the peaks within the co-elution
 tolerance, so blocks of peaks by RT with a halo that wide give the same result whatever the
@@ -37,17 +45,62 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .annotate import PartitionResult, ScoredPairs, SearchSpace, best_calls
-from .candidates import rank_within_peak
+from .annotate import (
+    PartitionResult,
+    ScoredPairs,
+    SearchSpace,
+    best_calls,
+    calibrated_ions,
+    candidate_rt_window,
+    centred_mz,
+    main_adduct,
+    peak_tensors,
+    score_in_batches,
+    slot_probabilities,
+)
+from .calibration import prior_normaliser
+from .candidates import (
+    MassBinIndex,
+    batches_by_pairs,
+    range_join,
+    rank_within_peak,
+    window_bounds,
+)
 from .chem import C13_ABUNDANCE, C13_SPACING
 from .config import AssignConfig, Calibration
 from .relations import ADDUCT, DECOY, DECOY_SHIFTS, ISOTOPE, RelationMaps, find_relations
-from .scoring import segment_softmax
 
-#: Most likely detection of a predicted partner (peak picking misses some of anything).
+#: Detection of a predicted isotope partner well above the detection limit, where the run
+#: has too few confident calls to measure it (peak picking misses some of anything).
 DETECT_MAX = 0.9
-#: Largest chance that a molecule shows an adduct (the commonest one of the run).
+#: Chance that a molecule present shows its main adduct (the commonest one of the run); the
+#: others' chances are measured against it.
 ADDUCT_MAX = 0.9
+#: Bins of the intensity-ratio residuals (natural log) behind the fitted ratio spread.
+RATIO_BINS = np.linspace(-3.0, 3.0, 121)
+#: Share of partners whose intensity is far off the predicted ratio where the run cannot
+#: say, and how far (natural log): the robust tail of the intensity-ratio fit.
+RATIO_OUTLIERS = 0.02
+RATIO_OUTLIER_SIGMA = 1.0
+#: Share of the true pairs that the co-elution tolerance holds, and the share of them spread
+#: evenly over it rather than around 0 (peak apexes of weak or broad peaks wander).
+COELUTION_QUANTILE = 0.95
+COELUTION_TAIL = 0.2
+#: Detection of a candidate isotopologue's monoisotopic ion where the intensity allows it.
+MONO_DETECT = 0.98
+#: 13C atoms the null's labels reach (an unknown molecule's other isotopologues are unknown).
+NULL_13C = 2
+#: Isotopologue clusters of a candidate searched besides its monoisotopic ion's (the most
+#: abundant of its compound and adduct; those predicted below the detection limit weigh
+#: nothing either way).
+SIBLINGS = 6
+#: Bins of the co-elution histograms of the adduct co-occurrence counts.
+CO_BINS = 20
+#: Pseudo-count (confident main-ion calls) pulling a measured adduct share toward the table's.
+SHARE_PSEUDO = 5.0
+#: Predicted isotope partners this far (natural log) above the detection limit count towards
+#: the measured detection rate.
+DETECT_MARGIN = math.log(10.0)
 #: Spread (natural log) of the 13C1/M0 ratio over unknown molecules of one mass (their carbon
 #: counts vary about the library's typical one).
 UNKNOWN_RATIO_SIGMA = 0.4
@@ -58,7 +111,6 @@ DETECT_SIGMA = 0.3
 MIN_ADDUCT_SHARE = 1e-2
 #: Bins of the co-elution histogram and of the log10 intensity histogram.
 RT_BINS = 100
-LOG10_INTENSITY_BINS = np.arange(-2.0, 14.0 + 1e-9, 0.05)
 _LOG_RATIO13 = math.log(C13_ABUNDANCE / (1 - C13_ABUNDANCE))
 
 
@@ -84,6 +136,32 @@ class ContextModel:
         Natural log of the intensity below which peaks are rarely detected (1st percentile).
     isotope_pairs : float
         13C pairs (in excess of decoys) behind ``rt_tol``.
+    adduct_share : tuple of float
+        Chance that a molecule present shows each adduct (by the ion table's adduct index):
+        ``ADDUCT_MAX`` for the main adduct, the others measured as how often a confident
+        main-ion call has the adduct's ion co-eluting, in excess of decoys (empty: the
+        table's priors).
+    isotope_detect : float
+        Chance that an isotope partner predicted well above the detection limit is there (low
+        where the peak table was de-isotoped): pooled over the isotopologues.
+    label_detect : tuple of float
+        The same for each isotopologue label of the ion table (by label index): a peak picker
+        or a simulation may keep the 13C peaks and drop the others.
+    noise_share : float
+        Share of the peaks that no library ion explains that are noise (no molecule, so no
+        partners) rather than molecules missing from the library.
+    main_calls : float
+        Confident main-ion calls behind ``adduct_share`` and ``isotope_detect``.
+    ratio_sigma, ratio_outliers : float
+        Spread (natural log) of an isotope partner's intensity around the ratio its formula
+        predicts, and the share of partners far off it (interference, saturation, fine
+        structure a peak picker or simulation drops): measured on the confident main-ion
+        calls' partners.
+    adduct_background : tuple of float
+        log of how much denser the peaks that are not an adduct's ions lie beside its ions
+        than beside the main adduct's (empty: the same). Real chemistry puts many peaks
+        where a library compound's acetate or chloride adduct would be (other molecules one
+        acetate heavier): chance cannot be measured with decoys alone there.
     """
 
     rt_sigma: float
@@ -92,17 +170,34 @@ class ContextModel:
     log_kappa: float
     log_detect: float
     isotope_pairs: float
+    adduct_share: tuple = ()
+    isotope_detect: float = DETECT_MAX
+    label_detect: tuple = ()
+    noise_share: float = 0.5
+    main_calls: float = 0.0
+    adduct_background: tuple = ()
+    ratio_sigma: float = 0.15
+    ratio_outliers: float = 0.02
 
     def to_dict(self) -> dict:
         """Plain values, for JSON (``None`` for a detection limit a table without intensities
         cannot give)."""
-        return {k: (v if math.isfinite(v) else None) for k, v in dataclasses.asdict(self).items()}
+        out = {}
+        for k, v in dataclasses.asdict(self).items():
+            out[k] = list(v) if isinstance(v, tuple) else (v if math.isfinite(v) else None)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> ContextModel:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{f.name: float("-inf") if data[f.name] is None else float(data[f.name])
-                      for f in dataclasses.fields(cls)})
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            v = data[f.name]
+            values[f.name] = (tuple(float(x) for x in v) if isinstance(v, list)
+                              else float("-inf") if v is None else float(v))
+        return cls(**values)
 
 
 def pair_sigma(calibration: Calibration) -> float:
@@ -123,55 +218,235 @@ def neighbours(rt: np.ndarray, within: float) -> np.ndarray:
             - np.searchsorted(ordered, rt - within, side="left") - 1)
 
 
-def _stat_columns() -> list[str]:
-    n_li = LOG10_INTENSITY_BINS.size - 1
-    return (["n", "neighbours", "mz_min", "mz_max", "rt_min", "rt_max"]
+def stat_columns(n_adducts: int, n_labels: int) -> list[str]:
+    """Columns of :func:`context_stats` for an ion table of ``n_adducts`` adducts and
+    ``n_labels`` isotopologue labels."""
+    return (["n", "neighbours", "mz_min", "mz_max", "rt_min", "rt_max", "main_w",
+             "all_w", "all_hit", "all_decoy"]
+            + [f"pairs{b}" for b in range(n_adducts)]
             + [f"iso{k}" for k in range(RT_BINS)] + [f"decoy{k}" for k in range(RT_BINS)]
-            + [f"li{k}" for k in range(n_li)])
+            + [f"{kind}{k}" for kind in ("sib_w", "sib_hit", "sib_decoy")
+               for k in range(n_labels)]
+            + [f"ratio{k}" for k in range(RATIO_BINS.size - 1)]
+            + [f"co{b}_{k}" for b in range(n_adducts) for k in range(CO_BINS)]
+            + [f"codecoy{b}_{k}" for b in range(n_adducts) for k in range(CO_BINS)])
 
 
-#: Columns of :func:`context_stats`.
-STAT_COLUMNS = _stat_columns()
+class _BlockPeaks:
+    """A block's peaks sorted by m/z, for target searches (any co-eluting peak near a
+    predicted m/z)."""
+
+    def __init__(self, mz: np.ndarray, rt: np.ndarray, ppm: float):
+        self.order = np.argsort(mz, kind="stable")
+        self.mz = torch.as_tensor(mz[self.order])
+        self.rt = torch.as_tensor(rt[self.order])
+        self.index = MassBinIndex.build(mz[self.order], ppm)
+        self.ppm = ppm
+
+    def find(self, target_mz: np.ndarray, target_rt: np.ndarray, rt_tol: float):
+        """(target, block row) of every peak within ``ppm`` of a target m/z and ``rt_tol``
+        of its RT, ordered by target."""
+        if target_mz.size == 0 or self.mz.numel() == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        t, j = range_join(torch.as_tensor(target_mz), torch.as_tensor(target_rt), self.mz,
+                          self.rt, self.index, self.ppm, rt_tol)
+        return t.numpy(), self.order[j.numpy()]
 
 
-def context_stats(block: pd.DataFrame, config: AssignConfig,
+def nearest_target(owner: np.ndarray, target_mz: np.ndarray, t: np.ndarray, j: np.ndarray,
+                   peak_mz: np.ndarray) -> np.ndarray:
+    """Which hits ``(t, j)`` (target, peak) to keep when the targets of one owner lie close
+    together: a peak counts for the owner's target nearest to it in m/z only, so a peak that
+    falls in two partner windows (a 13C2 peak near the 18O1 position) is not found twice."""
+    if t.size == 0:
+        return np.zeros(0, dtype=bool)
+    err = np.abs(peak_mz[j] - target_mz[t])
+    key = owner[t].astype(np.int64) * (int(j.max()) + 1) + j
+    order = np.lexsort((err, key))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    keep = np.zeros(t.size, dtype=bool)
+    keep[order[first]] = True
+    return keep
+
+
+def _first_hit(owner: np.ndarray, drt: np.ndarray, n: int) -> np.ndarray:
+    """Smallest ``|drt|`` per owner (``inf`` for owners without a hit)."""
+    best = np.full(n, np.inf)
+    np.minimum.at(best, owner, np.abs(drt))
+    return best
+
+
+def context_stats(block: pd.DataFrame, space: SearchSpace, config: AssignConfig,
                   calibration: Calibration) -> pd.DataFrame:
-    """Counts of one RT block for :func:`fit_context`: RT differences of co-eluting 13C pairs
-    and of decoy pairs, and a histogram of intensities, over the block's core peaks.
+    """Counts of one RT block for :func:`fit_context`, over the block's core peaks: RT
+    differences of co-eluting 13C pairs and of decoy pairs; how often any peak predicted
+    well above the detection limit has its 13C partner; and, for the confident main-ion
+    calls of a first pass, how often each other adduct's ion and each isotopologue co-elute
+    with them (against decoys).
 
     Counts add up over blocks, so the fit is the same whatever the blocks.
     """
     core = block["core"].to_numpy(dtype=bool)
     mz = block["mz"].to_numpy(dtype=np.float64)
     rt = block["rt"].to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        li = np.log(block["intensity"].to_numpy(dtype=np.float64, na_value=np.nan))
+    ppm = partner_ppm(calibration)
+    window = config.max_coelution
     # 13C1 of singly charged ions, and the decoys.
     maps = RelationMaps.build([1], [1], [0.0], max_isotope=1, adducts=False, decoys=True)
     maps = RelationMaps(*(v[maps.step >= 0] for v in dataclasses.astuple(maps)))
-    i, j, m = find_relations(mz, rt, maps, partner_ppm(calibration), config.max_coelution,
-                             anchor=core)
+    i, j, m = find_relations(mz, rt, maps, ppm, window, anchor=core)
     drt = np.abs(rt[j] - rt[i])
-    edges = np.linspace(0.0, config.max_coelution, RT_BINS + 1)
+    edges = np.linspace(0.0, window, RT_BINS + 1)
     iso = np.histogram(drt[maps.kind[m] == ISOTOPE], edges)[0]
     decoy = np.histogram(drt[maps.kind[m] == DECOY], edges)[0]
-    inten = block["intensity"].to_numpy(dtype=np.float64, na_value=np.nan)[core]
-    inten = inten[np.isfinite(inten) & (inten > 0)]
-    li = np.histogram(np.log10(inten), LOG10_INTENSITY_BINS)[0]
+    # Any core peak whose 13C1 partner (typical carbon count) is well above the limit.
+    n_c = np.maximum(space.carbon_per_mass * mz, 1.0)
+    pred = li + np.log(n_c * C13_ABUNDANCE / (1 - C13_ABUNDANCE))
+    strong = core & (pred >= calibration.log_detect + DETECT_MARGIN)
+    hit_iso = np.zeros(mz.size, dtype=bool)
+    hit_iso[i[maps.kind[m] == ISOTOPE]] = True
+    hit_dec = np.bincount(i[maps.kind[m] == DECOY], minlength=mz.size)
+    main_w, sib, co, ratio = _main_call_counts(block, core, li, space, config, calibration,
+                                               ppm, window)
+    pairs = _adduct_pairs(block, core, space, config, calibration)
     any_core = core.any()
     row = np.concatenate([
-        [core.sum(), neighbours(rt, config.max_coelution)[core].sum(),
-         mz[core].min() if any_core else np.inf,
-         mz[core].max() if any_core else -np.inf, rt[core].min() if any_core else np.inf,
-         rt[core].max() if any_core else -np.inf], iso, decoy, li]).astype(np.float64)
-    return pd.DataFrame([row], columns=STAT_COLUMNS)
+        [core.sum(), neighbours(rt, window)[core].sum(),
+         mz[core].min() if any_core else np.inf, mz[core].max() if any_core else -np.inf,
+         rt[core].min() if any_core else np.inf, rt[core].max() if any_core else -np.inf,
+         main_w, strong.sum(), (strong & hit_iso).sum(), hit_dec[strong].sum()], pairs,
+        iso, decoy, sib.ravel(), ratio, co.ravel()]).astype(np.float64)
+    return pd.DataFrame([row], columns=stat_columns(len(space.adduct_names),
+                                                    len(space.isotope_labels)))
 
 
-def fit_context(stats: pd.DataFrame, config: AssignConfig,
-                calibration: Calibration) -> ContextModel:
+def _adduct_pairs(block, core, space, config, calibration) -> np.ndarray:
+    """Core peaks with a candidate among each adduct's monoisotopic ions, in the candidate
+    windows (a peak beside two isomers counts once): what the null's density near each
+    adduct's ions is measured from."""
+    n_adducts = len(space.adduct_names)
+    rows = np.flatnonzero(core)
+    if rows.size == 0 or len(space.mz) == 0:
+        return np.zeros(n_adducts)
+    peaks = peak_tensors(block.iloc[rows], "cpu")
+    ions = calibrated_ions(space, calibration, "cpu")
+    counts = np.zeros(n_adducts)
+    mz = centred_mz(peaks["mz"], calibration)
+    lo, hi = window_bounds(mz, space.bins)
+    for a, b in batches_by_pairs(lo, hi, config.max_pairs):
+        pi, ii = range_join(mz[a:b], peaks["rt"][a:b], ions["mz"], ions["mapped_rt"],
+                            space.bins, config.ppm, candidate_rt_window(config, calibration))
+        pi, ii = pi.numpy(), ii.numpy()
+        mono = space.isotope[ii] == 0
+        key = np.unique(pi[mono] * n_adducts + space.adduct[ii[mono]])
+        counts += np.bincount(key % n_adducts, minlength=n_adducts)
+    return counts
+
+
+def _main_call_counts(block, core, li, space, config, calibration, ppm, window):
+    """The confident main-ion calls of a block's core peaks (a first pass over the main
+    adduct's monoisotopic ions, each pair weighed by its probability) and what co-elutes
+    with them: the summed weight; per isotopologue label, the weight of the calls whose
+    sibling of that label is predicted well above the detection limit, and its hits and
+    decoy hits; per adduct, the co-occurrence histograms (hits, then decoy hits, by RT
+    difference)."""
+    n_adducts, n_labels = len(space.adduct_names), len(space.isotope_labels)
+    co = np.zeros((2, n_adducts, CO_BINS))
+    sib = np.zeros((3, n_labels))
+    ratio = np.zeros(RATIO_BINS.size - 1)
+    rows = np.flatnonzero(core)
+    if rows.size == 0 or len(space.mz) == 0:
+        return 0.0, sib, co, ratio
+    main = main_adduct(space)
+    part = block.iloc[rows]
+    peaks = peak_tensors(part, "cpu")
+    scored = score_in_batches(peaks, calibrated_ions(space, calibration, "cpu"), space,
+                              config, calibration, config.k_first, adduct=main)
+    f = scored.features
+    ion = f.ion.numpy()
+    w = scored.prob.nan_to_num(0.0).numpy()
+    keep = (space.isotope[ion] == 0) & (w > 0)
+    ion, w, peak = ion[keep], w[keep], f.peak.numpy()[keep]
+    if ion.size == 0:
+        return 0.0, sib, co, ratio
+    own = rows[peak]
+    pmz = block["mz"].to_numpy(dtype=np.float64)[own]
+    prt = block["rt"].to_numpy(dtype=np.float64)[own]
+    block_rt = block["rt"].to_numpy(dtype=np.float64)
+    found = _BlockPeaks(block["mz"].to_numpy(dtype=np.float64), block_rt, ppm)
+    shifts = np.asarray(DECOY_SHIFTS)
+
+    def search(owner, target):
+        """Per target and decoy shift (columns: 0 the target, then the decoys): the
+        smallest RT difference of a co-eluting peak other than the call's own (inf: none)."""
+        tgt = (target[:, None] + np.r_[0.0, shifts][None, :]).ravel()
+        who = np.repeat(owner, shifts.size + 1)
+        t, jj = found.find(tgt, prt[who], window)
+        mine = jj != own[who[t]]
+        best = _first_hit(t[mine], block_rt[jj[mine]] - prt[who[t[mine]]], tgt.size)
+        return best.reshape(owner.size, shifts.size + 1)
+
+    # Adduct co-occurrence: the monoisotopic ion of each other adduct of the call's compound.
+    compound = space.compound[ion]
+    for b in range(n_adducts):
+        other = space.monoisotopic[compound, b] if b != main else np.full(ion.size, -1)
+        ok = np.flatnonzero(other >= 0)
+        if ok.size == 0:
+            continue
+        best = search(ok, pmz[ok] * space.mz[other[ok]] / space.mz[ion[ok]])
+        hit = np.isfinite(best)
+        bins = np.minimum((np.where(hit, best, 0.0) / window * CO_BINS).astype(np.int64),
+                          CO_BINS - 1)
+        weights = np.broadcast_to(w[ok][:, None], best.shape)
+        co[0, b] += np.bincount(bins[:, 0][hit[:, 0]], weights=weights[:, 0][hit[:, 0]],
+                                minlength=CO_BINS)
+        co[1, b] += np.bincount(bins[:, 1:][hit[:, 1:]], weights=weights[:, 1:][hit[:, 1:]],
+                                minlength=CO_BINS)
+    # Isotopologue partner clusters predicted well above the detection limit, by label.
+    owner, cluster, log_cluster, own_cluster, member, member_row = sibling_targets(
+        space, ion, ppm)
+    pred = li[own[owner]] + log_cluster - own_cluster
+    ok = pred >= calibration.log_detect + DETECT_MARGIN
+    if ok.any():
+        near = np.zeros((owner.size, shifts.size + 1), dtype=bool)
+        target = pmz[owner[member]] * space.mz[member_row] / space.mz[ion[owner[member]]]
+        best = search(owner[member], target)
+        # Decoys as found; a real partner only where it is the nearest of the call's targets.
+        np.logical_or.at(near[:, 1:], member, best[:, 1:] <= window)
+        t, jj = found.find(target, prt[owner[member]], window)
+        mine = jj != own[owner[member[t]]]
+        t, jj = t[mine], jj[mine]
+        hit = nearest_target(owner[member], target, t, jj,
+                             block["mz"].to_numpy(dtype=np.float64))
+        near[member[t[hit]], 0] = True
+        # How far the partners' intensities lie from the predicted ratio (strong ones only).
+        partner = member[t[hit]]
+        strong = ok[partner]
+        residual = li[jj[hit]][strong] - pred[partner][strong]
+        good = np.isfinite(residual)
+        ratio += np.histogram(residual[good], RATIO_BINS,
+                              weights=w[owner[partner[strong]]][good])[0]
+        owner, near, label = owner[ok], near[ok], space.isotope[cluster[ok]]
+        sib[0] += np.bincount(label, weights=w[owner], minlength=n_labels)
+        sib[1] += np.bincount(label, weights=w[owner] * near[:, 0], minlength=n_labels)
+        sib[2] += np.bincount(label, weights=w[owner] * near[:, 1:].sum(axis=1),
+                              minlength=n_labels)
+    return float(w.sum()), sib, co, ratio
+
+
+def fit_context(stats: pd.DataFrame, config: AssignConfig, calibration: Calibration,
+                space: SearchSpace) -> ContextModel:
     """Fit the :class:`ContextModel` from the summed :func:`context_stats` of all blocks.
 
     The co-elution tolerance is 4 robust standard deviations of the RT differences of the 13C
     pairs in excess of the decoys' (random) pairs. The accident rate is the decoys' hit rate
     per co-eluting neighbour, shrunk towards an even spread of the peaks when hits are few.
+    An adduct's share is the rate at which confident main-ion calls have its ion within the
+    tolerance, less the decoys' rate, pulled toward the table's prior by a few pseudo-calls.
     """
     total = stats.sum()
     mins = stats[["mz_min", "rt_min"]].min()
@@ -189,7 +464,13 @@ def fit_context(stats: pd.DataFrame, config: AssignConfig,
         rt_sigma = max(median / 0.6745, width / 2)
     else:  # too few pairs to tell: an eighth of the search width
         rt_sigma = config.max_coelution / 8
-    rt_tol = min(4 * rt_sigma, config.max_coelution)
+    # The tolerance holds nearly all true pairs: co-elution differences have a long tail
+    # (weak or broad peaks), so a quantile of the excess, not a multiple of the core spread.
+    if excess.sum() >= 10:
+        tail = mid[int(np.searchsorted(np.cumsum(excess) / excess.sum(), COELUTION_QUANTILE))]
+        rt_tol = min(max(4 * rt_sigma, tail + width / 2), config.max_coelution)
+    else:
+        rt_tol = min(4 * rt_sigma, config.max_coelution)
     ppm = partner_ppm(calibration)
     hits = float(decoys[: int(round(rt_tol / width))].sum())
     mz_span = math.log(max(maxs["mz_max"], 1.0) / max(mins["mz_min"], 1e-3)) \
@@ -197,15 +478,105 @@ def fit_context(stats: pd.DataFrame, config: AssignConfig,
     # Prior: neighbours spread evenly over log m/z and over the co-elution window.
     uniform = min(1.0, 2 * ppm * 1e-6 / max(mz_span, 1e-6)) * rt_tol / config.max_coelution
     kappa = (hits + 1.0) / (n_decoy * float(total["neighbours"]) + 1.0 / max(uniform, 1e-12))
-    li = total[[f"li{k}" for k in range(LOG10_INTENSITY_BINS.size - 1)]].to_numpy()
-    if li.sum() > 0:
-        k = int(np.searchsorted(np.cumsum(li) / li.sum(), 0.01))
-        log_detect = float(LOG10_INTENSITY_BINS[k] * math.log(10))
-    else:
-        log_detect = float("-inf")
+    detect, labels, noise = _detection(total, space, calibration)
+    ratio_sigma, ratio_outliers = _ratio_spread(total, config)
+    shares = _adduct_shares(total, space, rt_tol, config)
+    background = _adduct_background(total, space, shares, calibration)
     return ContextModel(rt_sigma=float(rt_sigma), rt_tol=float(rt_tol), ppm=float(ppm),
-                        log_kappa=float(math.log(kappa)), log_detect=log_detect,
-                        isotope_pairs=float(excess.sum()))
+                        log_kappa=float(math.log(kappa)), log_detect=calibration.log_detect,
+                        isotope_pairs=float(excess.sum()), adduct_share=shares,
+                        isotope_detect=detect, label_detect=labels, noise_share=noise,
+                        main_calls=float(total["main_w"]), adduct_background=background,
+                        ratio_sigma=ratio_sigma, ratio_outliers=ratio_outliers)
+
+
+def _ratio_spread(total, config) -> tuple[float, float]:
+    """Spread (natural log) of isotope partners' intensities around the predicted ratio, and
+    the share far off it: the robust spread (1.4826 median absolute residual) of the
+    confident main-ion calls' partners (at least ``config.isotope_ratio_sigma``), and the
+    share beyond four of it (a few pseudo-partners pull it toward ``RATIO_OUTLIERS``)."""
+    hist = total[[f"ratio{k}" for k in range(RATIO_BINS.size - 1)]].to_numpy()
+    floor = config.isotope_ratio_sigma
+    if hist.sum() < 10:
+        return floor, RATIO_OUTLIERS
+    mid = 0.5 * (RATIO_BINS[:-1] + RATIO_BINS[1:])
+    centre = mid[int(np.searchsorted(np.cumsum(hist) / hist.sum(), 0.5))]
+    dev = np.abs(mid - centre)
+    order = np.argsort(dev)
+    mad = dev[order][int(np.searchsorted(np.cumsum(hist[order]) / hist.sum(), 0.5))]
+    sigma = float(max(1.4826 * mad, floor))
+    far = float(hist[dev > 4 * sigma].sum())
+    share = (far + SHARE_PSEUDO * RATIO_OUTLIERS) / (hist.sum() + SHARE_PSEUDO)
+    return sigma, float(min(max(share, 0.005), 0.3))
+
+
+def _detection(total, space: SearchSpace, calibration: Calibration):
+    """Detection of isotope partners well above the limit: pooled, and per label (the
+    confident main-ion calls' siblings, less decoys, each label pulled toward the pooled
+    rate by a few pseudo-calls); and the noise share of the unexplained peaks: any peak's 13C
+    partner is there at ``(1 - null * noise)`` times the 13C1 rate, if unknown molecules show
+    their isotopes as library compounds do."""
+    n_decoy = len(DECOY_SHIFTS)
+    n_labels = len(space.isotope_labels)
+    w = total[[f"sib_w{k}" for k in range(n_labels)]].to_numpy()
+    hit = total[[f"sib_hit{k}" for k in range(n_labels)]].to_numpy() \
+        - total[[f"sib_decoy{k}" for k in range(n_labels)]].to_numpy() / n_decoy
+    if w.sum() < 10:
+        return DETECT_MAX, (DETECT_MAX,) * n_labels, 0.5
+    pooled = float(min(max(hit.sum() / w.sum(), 0.05), 0.98))
+    labels = np.clip((hit + SHARE_PSEUDO * pooled) / (w + SHARE_PSEUDO), 0.01, 0.98)
+    # The monoisotopic ion, as a partner of its isotopologues: more intense than they are, and
+    # the peak every peak picker reports.
+    labels[0] = MONO_DETECT
+    c13 = space.isotope_labels.index("13C1") if "13C1" in space.isotope_labels else 0
+    noise = 0.5
+    if total["all_w"] >= 10:
+        seen = (total["all_hit"] - total["all_decoy"] / n_decoy) / total["all_w"]
+        null = min(max(calibration.null_prior, 0.05), 1.0)
+        noise = (1.0 - seen / labels[c13]) / null
+    return pooled, tuple(float(v) for v in labels), float(min(max(noise, 0.05), 0.95))
+
+
+def _adduct_background(total, space: SearchSpace, shares: tuple,
+                       calibration: Calibration) -> tuple:
+    """log of each adduct's background density beside its ions against the main adduct's:
+    the candidate pairs in excess of the adduct's own ions (the main-ion calls times its
+    share), per monoisotopic ion of the adduct. One pseudo-pair per adduct keeps a rare one
+    from dividing by nothing."""
+    n_adducts = len(space.adduct_names)
+    main = main_adduct(space)
+    calls = float(total["main_w"])
+    # Ions by distinct m/z (isomers share one).
+    mono = np.flatnonzero(space.isotope == 0)
+    distinct = np.unique(np.stack([space.adduct[mono], np.round(space.mz[mono], 4)]), axis=1)
+    n_ions = np.bincount(distinct[0].astype(np.int64), minlength=n_adducts).astype(float)
+    pairs = np.array([float(total[f"pairs{b}"]) for b in range(n_adducts)])
+    true = calls * np.asarray(shares) / ADDUCT_MAX
+    density = (np.maximum(pairs - true, 0.0) + 1.0) / np.maximum(n_ions, 1.0)
+    return tuple(float(v) for v in np.log(density / density[main]))
+
+
+def _adduct_shares(total, space: SearchSpace, rt_tol: float, config) -> tuple:
+    """Chance that a molecule present shows each adduct (see :class:`ContextModel`)."""
+    n_adducts = len(space.adduct_names)
+    main = main_adduct(space)
+    table = np.full(n_adducts, -np.inf)
+    np.maximum.at(table, space.adduct, space.log_adduct_prior)
+    prior = ADDUCT_MAX * np.exp(table - table[main])
+    calls = float(total["main_w"])
+    upto = max(1, int(math.ceil(rt_tol / config.max_coelution * CO_BINS)))
+    shares = np.zeros(n_adducts)
+    for b in range(n_adducts):
+        if b == main:
+            shares[b] = ADDUCT_MAX
+            continue
+        hits = float(total[[f"co{b}_{k}" for k in range(upto)]].sum())
+        chance = float(total[[f"codecoy{b}_{k}" for k in range(upto)]].sum()) \
+            / len(DECOY_SHIFTS)
+        measured = max(hits - chance, 0.0)
+        shares[b] = (measured + SHARE_PSEUDO * min(prior[b], ADDUCT_MAX)) \
+            / (calls + SHARE_PSEUDO)
+    return tuple(float(min(max(v, 1e-4), ADDUCT_MAX)) for v in shares)
 
 
 def _log_abundances(n_carbon: torch.Tensor, max_isotope: int) -> torch.Tensor:
@@ -227,24 +598,57 @@ def _log_normal(x, mu, sigma):
     return -0.5 * z * z - math.log(sigma) - 0.5 * math.log(2 * math.pi)
 
 
+def _ratio_fit(x, expected, sigma, outliers=None):
+    """log density of a partner's log intensity around the predicted one: mostly within
+    ``sigma``, a share ``outliers`` far off (an interfering peak, saturation, a simulation or
+    peak picker that drops some fine structure), so one bad ratio cannot veto a hypothesis
+    outright."""
+    outliers = RATIO_OUTLIERS if outliers is None else outliers
+    return torch.logaddexp(_log_normal(x, expected, sigma) + math.log1p(-outliers),
+                           _log_normal(x, expected, RATIO_OUTLIER_SIGMA) + math.log(outliers))
+
+
 def _position_fit(mz_partner, target, rt_diff, model: ContextModel, calibration):
     """log density of a partner's m/z error and RT difference for a true partner against a
     random peak (uniform over the partner window)."""
     err = (mz_partner - target) / target * 1e6
+    coelution = torch.logaddexp(_log_normal(rt_diff, 0.0, model.rt_sigma)
+                                + math.log1p(-COELUTION_TAIL),
+                                torch.full_like(rt_diff, math.log(COELUTION_TAIL
+                                                                  / (2 * model.rt_tol))))
     return (_log_normal(err, 0.0, pair_sigma(calibration)) + math.log(2 * model.ppm)
-            + _log_normal(rt_diff, 0.0, model.rt_sigma) + math.log(2 * model.rt_tol))
+            + coelution + math.log(2 * model.rt_tol))
 
 
-def adduct_presence(space: SearchSpace, calibration: Calibration) -> np.ndarray:
-    """Chance that a molecule shows each adduct: its share of peaks (fitted where calibration
-    ran) relative to the commonest adduct's, whose chance is ``ADDUCT_MAX``."""
-    if calibration.log_adduct_priors is not None:
-        lp = np.asarray(calibration.log_adduct_priors, dtype=np.float64)
-    else:
-        lp = np.full(len(space.adduct_names), -np.inf)
-        lp[space.adduct] = space.log_adduct_prior
-    lp = np.pad(lp, (0, len(space.adduct_names) - lp.size), constant_values=-np.inf)
+def adduct_presence(space: SearchSpace, model: ContextModel) -> np.ndarray:
+    """Chance that a molecule shows each adduct: the model's measured shares, or the table's
+    priors relative to the main adduct's (whose chance is ``ADDUCT_MAX``)."""
+    if len(model.adduct_share) == len(space.adduct_names):
+        return np.asarray(model.adduct_share, dtype=np.float64)
+    lp = np.full(len(space.adduct_names), -np.inf)
+    np.maximum.at(lp, space.adduct, space.log_adduct_prior)
     return np.clip(ADDUCT_MAX * np.exp(lp - lp.max()), 1e-4, ADDUCT_MAX)
+
+
+def scoring_calibration(calibration: Calibration, model: ContextModel | None,
+                        space: SearchSpace, config: AssignConfig) -> Calibration:
+    """The calibration the run scores with: the adduct priors the context model measured
+    (each adduct's share of a molecule's ions), and the null prior that goes with them (the
+    EM measured the main adduct's share of the peaks)."""
+    if model is None or len(model.adduct_share) != len(space.adduct_names) or not len(space.mz):
+        return calibration
+    log_priors = np.log(np.asarray(model.adduct_share, dtype=np.float64))
+    main = main_adduct(space)
+    w = np.exp(log_priors[space.adduct] + space.log_abundance)
+    scale = float(w.sum() / w[space.adduct == main].sum())
+    null = 1.0 - scale * calibration.main_share
+    background = (model.adduct_background if len(model.adduct_background) == len(log_priors)
+                  else None)
+    return calibration.replace(
+        log_adduct_priors=tuple(float(v) for v in log_priors),
+        log_adduct_background=background,
+        log_prior_mass=prior_normaliser(space, config.scorer, log_priors[space.adduct]),
+        null_prior=min(max(null, 0.02), 0.98))
 
 
 def _segment_logsumexp(values, segment, n):
@@ -282,9 +686,9 @@ def _find_partners(block_mz, block_rt, core_rows, space, config, calibration, mo
                    p_adduct, kept, device) -> _Partners:
     """Search the block for the partners of its core peaks, over the adducts ``kept``."""
     ions = space.adduct_ions
-    n_add, n_iso = ions.shape[0], config.max_isotope + 1
+    n_add, n_iso = ions.shape[0], NULL_13C + 1
     sub = ions[kept]
-    maps = RelationMaps.build(sub[:, 0], sub[:, 1], sub[:, 2], config.max_isotope)
+    maps = RelationMaps.build(sub[:, 0], sub[:, 1], sub[:, 2], NULL_13C)
     anchor = np.zeros(block_mz.size, dtype=bool)
     anchor[core_rows] = True
     bi, bj, m = find_relations(block_mz, block_rt, maps, model.ppm, model.rt_tol, anchor)
@@ -355,7 +759,8 @@ def _isotope_odds(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, block_m
             partners.iso_j, partners.iso_step, partners.iso_charge, partners.log_rho,
             block_mz, block_rt, block_li)]
         out = _isotope_odds_loop(
-            *args, config.max_isotope, model.log_detect, float(ratio_sigma),
+            *args, NULL_13C, model.log_detect, math.log(model.isotope_detect),
+            float(ratio_sigma), float(model.ratio_outliers),
             calibration.log_intensity_center, calibration.log_intensity_scale,
             pair_sigma(calibration), model.ppm, model.rt_sigma, model.rt_tol)
         return torch.from_numpy(out)
@@ -378,10 +783,19 @@ def _lognorm(x, mu, sigma):
 
 
 @numba.njit(cache=True, nogil=True)
+def _ratio_fit_one(x, expected, sigma, outliers):
+    """:func:`_ratio_fit` of one value."""
+    a = _lognorm(x, expected, sigma) + math.log1p(-outliers)
+    b = _lognorm(x, expected, RATIO_OUTLIER_SIGMA) + math.log(outliers)
+    top = max(a, b)
+    return top + math.log(math.exp(a - top) + math.exp(b - top))
+
+
+@numba.njit(cache=True, nogil=True)
 def _isotope_odds_loop(rows, a, s, n_carbon, mz, rt, li, iso_col, iso_start, iso_j, iso_step,
                        iso_charge, log_rho, block_mz, block_rt, block_li, max_isotope,
-                       log_detect, ratio_sigma, li_center, li_scale, mass_sigma, ppm,
-                       rt_sigma, rt_tol):
+                       log_detect, log_detect_max, ratio_sigma, ratio_outliers, li_center,
+                       li_scale, mass_sigma, ppm, rt_sigma, rt_tol):
     """:func:`_isotope_odds_torch`, one entry at a time (same formulas)."""
     n_col = max(iso_step.size - 1, 1)
     out = np.zeros(rows.size)
@@ -399,7 +813,7 @@ def _isotope_odds_loop(rows, a, s, n_carbon, mz, rt, li, iso_col, iso_start, iso
             if col < 0:
                 continue
             expected = li[e] + log_a[t] - log_a[se]
-            log_d = math.log(DETECT_MAX) + _log_ndtr((expected - log_detect) / DETECT_SIGMA)
+            log_d = log_detect_max + _log_ndtr((expected - log_detect) / DETECT_SIGMA)
             if math.isnan(log_d):
                 log_d = math.log(0.5)
             term = math.log1p(-min(math.exp(log_d), 1.0 - 1e-12))
@@ -410,15 +824,19 @@ def _isotope_odds_loop(rows, a, s, n_carbon, mz, rt, li, iso_col, iso_start, iso
                 target = mz[e] + iso_step[col] * C13_SPACING / iso_charge[col]
                 for k in range(lo, hi):
                     j = iso_j[k]
-                    q = (_lognorm(block_li[j], expected, ratio_sigma)
+                    q = (_ratio_fit_one(block_li[j], expected, ratio_sigma, ratio_outliers)
                          - _lognorm(block_li[j], li_center, li_scale))
                     if math.isnan(q):
                         q = 0.0
                     elif q == -np.inf:
                         q = -1e4
                     err = (block_mz[j] - target) / target * 1e6
-                    q += (_lognorm(err, 0.0, mass_sigma) + _lognorm(block_rt[j] - rt[e], 0.0,
-                                                                    rt_sigma) + log_window)
+                    near = _lognorm(block_rt[j] - rt[e], 0.0, rt_sigma) \
+                        + math.log1p(-COELUTION_TAIL)
+                    even = math.log(COELUTION_TAIL / (2 * rt_tol))
+                    top2 = max(near, even)
+                    coelution = top2 + math.log(math.exp(near - top2) + math.exp(even - top2))
+                    q += _lognorm(err, 0.0, mass_sigma) + coelution + log_window
                     if q > top:
                         acc = acc * math.exp(top - q) + 1.0
                         top = q
@@ -436,11 +854,11 @@ def _isotope_odds_torch(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, b
                         block_rt, block_li, model, config, calibration, ratio_sigma):
     """The torch version of :func:`_isotope_odds`."""
     total = torch.zeros_like(n_carbon)
-    log_a = _log_abundances(n_carbon, config.max_isotope)
+    log_a = _log_abundances(n_carbon, NULL_13C)
     log_a_s = log_a.gather(1, s[:, None])[:, 0]
     log_rho = partners.log_rho[rows]
     n_col = partners.iso_step.numel() - 1
-    for t in range(config.max_isotope + 1):
+    for t in range(NULL_13C + 1):
         col = partners.iso_col[a, s, t]
         usable = col >= 0  # t != s, and a map for this charge
         col = col.clamp(min=0)
@@ -454,7 +872,7 @@ def _isotope_odds_torch(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, b
                            - first[entry]]
         expected = li + log_a[:, t] - log_a_s
         # A true partner has the predicted intensity ratio, m/z and RT; a random peak not.
-        log_q = (_log_normal(block_li[j], expected[entry], ratio_sigma)
+        log_q = (_ratio_fit(block_li[j], expected[entry], ratio_sigma, model.ratio_outliers)
                  - _log_normal(block_li[j], calibration.log_intensity_center,
                                calibration.log_intensity_scale))
         log_q = torch.nan_to_num(log_q, nan=0.0, neginf=-1e4)
@@ -466,11 +884,169 @@ def _isotope_odds_torch(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, b
         lse = _segment_logsumexp(log_q, entry, count.numel())
         # Chance the partner is detected: its predicted intensity against the threshold.
         z = (expected - model.log_detect) / DETECT_SIGMA
-        log_d = math.log(DETECT_MAX) + torch.special.log_ndtr(z)
+        log_d = math.log(model.isotope_detect) + torch.special.log_ndtr(z)
         log_d = torch.where(torch.isnan(log_d), torch.full_like(log_d, math.log(0.5)), log_d)
         term = _log_or_partners(log_d, lse, log_rho)
         total = total + torch.where(usable, term, torch.zeros_like(term))
     return total
+
+
+def isotope_clusters(space: SearchSpace, groups: np.ndarray, ppm: float):
+    """The isotopologues of some ions (compound x adduct groups) as a partner window of
+    ``ppm`` sees them: each isotopologue joins the most abundant one of its ion within the
+    window (itself, if none), and a cluster is searched and weighed as one partner.
+
+    Returns
+    -------
+    rows : numpy.ndarray
+        Every isotopologue (row of the space) of the groups.
+    rep : numpy.ndarray
+        The cluster (its most abundant row) each belongs to.
+    log_abundance : numpy.ndarray
+        log of its cluster's summed abundance.
+    """
+    groups = np.unique(groups)
+    start, stop = space.group_start[groups], space.group_start[groups + 1]
+    size = stop - start
+    owner = np.repeat(np.arange(groups.size), size)
+    at = np.arange(owner.size) - np.repeat(np.cumsum(size) - size, size)
+    rows = space.group_rows[start[owner] + at]
+    rep = np.full(rows.size, -1, dtype=np.int64)
+    mz = space.mz[rows]
+    for k in range(int(size.max(initial=0))):  # the group's rows, most abundant first
+        has = k < size[owner]
+        other = space.group_rows[np.minimum(start[owner] + k, space.group_rows.size - 1)]
+        close = has & (rep < 0) & (np.abs(space.mz[other] - mz) <= ppm * 1e-6 * mz)
+        rep[close] = other[close]
+    # Chains (a within the window of b, b of c) join one cluster.
+    by_row = np.argsort(rows)
+    for _ in range(rows.size):
+        deeper = rep[by_row][np.searchsorted(rows[by_row], rep)]
+        if np.array_equal(deeper, rep):
+            break
+        rep = deeper
+    total = np.zeros(space.mz.size)  # only the reps' entries are read
+    np.add.at(total, rep, np.exp(space.log_abundance[rows]))
+    return rows, rep, np.log(total[rep])
+
+
+def sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
+    """The isotopologue partners of each candidate ion: the cluster of its monoisotopic ion
+    and the ``SIBLINGS`` most abundant other clusters of its compound and adduct
+    (:func:`isotope_clusters`), never the candidate's own cluster.
+
+    Returns
+    -------
+    owner : numpy.ndarray
+        Candidate (index into ``ions``) of each partner cluster.
+    cluster : numpy.ndarray
+        Each partner's cluster: its most abundant row of the space.
+    log_cluster, own_cluster : numpy.ndarray
+        log abundance of each partner cluster, and of its candidate's own cluster.
+    member, member_row : numpy.ndarray
+        Every isotopologue to search: its partner (index into ``owner``) and its row.
+    """
+    rows, rep, log_total = isotope_clusters(space, space.group[ions], ppm)
+    by_row = np.argsort(rows)
+    rep_of = rep[by_row][np.searchsorted(rows[by_row], ions)]
+    # Each group's clusters, most abundant first (CSR by group).
+    heads = np.flatnonzero(rows == rep)
+    c_group, c_rep, c_total = space.group[rows[heads]], rep[heads], log_total[heads]
+    order = np.lexsort((-c_total, c_group))
+    c_group, c_rep, c_total = c_group[order], c_rep[order], c_total[order]
+    groups, first, count = np.unique(c_group, return_index=True, return_counts=True)
+    g = np.searchsorted(groups, space.group[ions])
+    start, size = first[g], count[g]
+    mono = space.monoisotopic[space.compound[ions], space.adduct[ions]]
+    mono_rep = np.where(mono >= 0, rep[by_row][np.searchsorted(
+        rows[by_row], np.maximum(mono, 0))], -1)
+    owner, cluster, taken = [], [], np.zeros(ions.size, dtype=np.int64)
+    has_mono = np.zeros(ions.size, dtype=bool)
+    for k in range(int(size.max(initial=0))):
+        at = np.flatnonzero(k < size)
+        c = c_rep[start[at] + k]
+        ok = (c != rep_of[at]) & ((taken[at] < SIBLINGS) | (c == mono_rep[at]))
+        owner.append(at[ok])
+        cluster.append(c[ok])
+        taken[at[ok]] += 1
+        has_mono[at[ok & (c == mono_rep[at])]] = True
+    owner, cluster = np.concatenate(owner), np.concatenate(cluster)
+    key = np.lexsort((cluster, owner))
+    owner, cluster = owner[key], cluster[key]
+    total_of = dict(zip(c_rep.tolist(), c_total.tolist(), strict=True))
+    log_cluster = np.array([total_of[c] for c in cluster.tolist()], dtype=np.float64)
+    own_cluster = np.array([total_of[c] for c in rep_of.tolist()], dtype=np.float64)[owner]
+    # The members of each chosen cluster (CSR by cluster).
+    by_rep = np.argsort(rep, kind="stable")
+    reps, r_first, r_count = np.unique(rep[by_rep], return_index=True, return_counts=True)
+    r = np.searchsorted(reps, cluster)
+    member = np.repeat(np.arange(cluster.size), r_count[r])
+    at = np.arange(member.size) - np.repeat(np.cumsum(r_count[r]) - r_count[r], r_count[r])
+    member_row = rows[by_rep][r_first[r][member] + at]
+    return owner, cluster, log_cluster, own_cluster, member, member_row
+
+
+def _sibling_odds(f_peak, f_ion, space: SearchSpace, peaks: dict, li, core_rows, block,
+                  finder: _BlockPeaks, log_rho, model: ContextModel, config: AssignConfig,
+                  calibration: Calibration) -> torch.Tensor:
+    """Summed log odds factor of each candidate's isotopologue siblings: its monoisotopic ion
+    and the ``SIBLINGS`` most abundant others of its compound and adduct, at the m/z the
+    candidate's own error predicts and at the intensity ratio its formula predicts."""
+    n_c = f_ion.size
+    device = log_rho.device
+    if n_c == 0:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    owner, cluster, log_cluster, own_cluster, member, member_row = sibling_targets(
+        space, f_ion, model.ppm)
+    if owner.size == 0:
+        return torch.zeros(n_c, dtype=torch.float64, device=device)
+    peak = f_peak[owner]
+    pmz = peaks["mz"].cpu().numpy()[peak]
+    prt = peaks["rt"].cpu().numpy()[peak]
+    # One target per member of a partner cluster; a peak near any counts once.
+    ratio = pmz / space.mz[f_ion[owner]]
+    member_mz = ratio[member] * space.mz[member_row]
+    expected = li.cpu().numpy()[peak] + log_cluster - own_cluster
+    tm, j = finder.find(member_mz, prt[member], model.rt_tol)
+    t = member[tm]
+    mine = j != np.asarray(core_rows)[peak[t]]
+    tm, t, j = tm[mine], t[mine], j[mine]
+    hit = nearest_target(owner[member], member_mz, tm, j, block["mz"].to_numpy(dtype=np.float64))
+    tm, t, j = tm[hit], t[hit], j[hit]
+    n_block = max(len(block), 1)
+    _, first = np.unique(t * n_block + j, return_index=True)
+    tm, t, j = tm[first], t[first], j[first]
+    target = member_mz[tm]
+
+    def tt(x):
+        return torch.as_tensor(x, device=device)
+
+    block_mz = block["mz"].to_numpy(dtype=np.float64)
+    block_rt = block["rt"].to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        block_li = np.log(block["intensity"].to_numpy(dtype=np.float64, na_value=np.nan))
+    # The peak is the whole cluster (unresolved) or the member it lies at alone (resolved,
+    # or the other members missing): either intensity counts.
+    alone = li.cpu().numpy()[peak[t]] + space.log_abundance[member_row[tm]] - own_cluster[t]
+    ratio_fit = torch.logaddexp(
+        _ratio_fit(tt(block_li[j]), tt(expected[t]), model.ratio_sigma, model.ratio_outliers),
+        _ratio_fit(tt(block_li[j]), tt(alone), model.ratio_sigma, model.ratio_outliers)) \
+        - math.log(2)
+    q = ratio_fit - _log_normal(tt(block_li[j]), calibration.log_intensity_center,
+                                calibration.log_intensity_scale)
+    q = torch.nan_to_num(q, nan=0.0, neginf=-1e4)
+    q = q + _position_fit(tt(block_mz[j]), tt(target), tt(block_rt[j] - prt[t]), model,
+                          calibration)
+    lse = _segment_logsumexp(q, tt(t), owner.size)
+    z = (tt(expected) - model.log_detect) / DETECT_SIGMA
+    if len(model.label_detect) == len(space.isotope_labels):
+        rate = np.asarray(model.label_detect)[space.isotope[cluster]]
+    else:
+        rate = np.full(cluster.size, model.isotope_detect)
+    log_d = tt(np.log(rate)) + torch.special.log_ndtr(z)
+    log_d = torch.where(torch.isnan(log_d), torch.full_like(log_d, math.log(0.5)), log_d)
+    term = _log_or_partners(log_d, lse, log_rho[tt(peak)])
+    return torch.zeros(n_c, dtype=torch.float64, device=device).index_add_(0, tt(owner), term)
 
 
 def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.ndarray,
@@ -492,7 +1068,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     calibration : Calibration
     model : ContextModel
     kernel : {"auto", "numba", "torch"}
-        How the isotope odds are computed (``auto``: compiled on CPU, torch on CUDA).
+        How the null's isotope odds are computed (``auto``: compiled on CPU, torch on CUDA).
 
     Returns
     -------
@@ -502,6 +1078,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     scored = result.scored
     device = scored.p_null.device
     n = int(scored.p_null.shape[0])
+    core_rows = np.asarray(core_rows, dtype=np.int64)
     block_mz = block["mz"].to_numpy(dtype=np.float64)
     block_rt = block["rt"].to_numpy(dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -509,36 +1086,32 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
             dtype=np.float64, na_value=np.nan)), device=device)
     block_mz_t = torch.as_tensor(block_mz, device=device)
     block_rt_t = torch.as_tensor(block_rt, device=device)
-    p_adduct = adduct_presence(space, calibration)
+    p_adduct = adduct_presence(space, model)
     # Adducts too rare to matter (a hundredth of the commonest) get no partner search.
     kept = np.flatnonzero(p_adduct >= MIN_ADDUCT_SHARE * p_adduct.max())
-    partners = _find_partners(block_mz, block_rt, np.asarray(core_rows, dtype=np.int64), space,
-                              config, calibration, model, p_adduct, kept, device)
+    partners = _find_partners(block_mz, block_rt, core_rows, space, config, calibration, model,
+                              p_adduct, kept, device)
     ions = torch.as_tensor(space.adduct_ions, device=device)
     li = block_li[torch.as_tensor(core_rows, device=device)]
     mz, rt = result.peaks["mz"], result.peaks["rt"]
     weight = config.context_weight
     common = (block_mz_t, block_rt_t, block_li, model, config, calibration)
 
-    # Candidates: their own adduct, 13C count and the carbon count of their formula.
+    # Candidates: the partners of their own adduct, and their isotopologue siblings.
     f = scored.features
     ion = f.ion.cpu().numpy()
     a = torch.as_tensor(space.adduct[ion], device=device)
-    s = torch.as_tensor(space.isotope[ion], device=device)
-    carbon = torch.as_tensor(space.n_carbon[space.compound[ion]], device=device)
-    neutral = _neutral(mz[f.peak], a, s, ions)
-    carbon = torch.where(torch.isnan(carbon), space.carbon_per_mass * neutral.clamp(min=0),
-                         carbon) * ions[a, 0]
-    cand = partners.adduct_odds[f.peak, a] + _isotope_odds(
-        partners, f.peak, a, s, carbon, mz[f.peak], rt[f.peak], li[f.peak], *common,
-        config.isotope_ratio_sigma, kernel)
+    finder = _BlockPeaks(block_mz, block_rt, model.ppm)
+    cand = partners.adduct_odds[f.peak, a] + _sibling_odds(
+        f.peak.cpu().numpy(), ion, space, result.peaks, li, core_rows, block, finder,
+        partners.log_rho, model, config, calibration)
 
     # The null slot: noise, or a molecule missing from the library under any label (adduct,
     # 13C count), with the typical carbon count of its mass. The isotope terms of one charge
     # and 13C count are shared by its adducts (computed from the commonest adduct's reading).
     # Only peaks with a candidate need it: for the others the null is the only answer.
-    n_iso = config.max_isotope + 1
-    unknown_sigma = math.hypot(config.isotope_ratio_sigma, UNKNOWN_RATIO_SIGMA)
+    n_iso = NULL_13C + 1
+    unknown_sigma = math.hypot(model.ratio_sigma, UNKNOWN_RATIO_SIGMA)
     log_p = torch.as_tensor(np.log(p_adduct), device=device)
     kept_t = torch.as_tensor(kept, device=device)
     charges = space.adduct_ions[kept, 1]
@@ -560,12 +1133,13 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
             lcarbon[:, group, s_] = c[:, None]
     lneutral = _neutral(pmz[:, None, None], kept_t[None, :, None],
                         torch.arange(n_iso, device=device)[None, None, :], ions)
-    prior = log_p[kept_t][None, :, None] + _log_abundances(lcarbon[..., 0], config.max_isotope)
+    prior = log_p[kept_t][None, :, None] + _log_abundances(lcarbon[..., 0], NULL_13C)
     prior = torch.where(lneutral > 0, prior, torch.full_like(prior, float("-inf")))
     prior = prior - torch.logsumexp(prior.flatten(1), dim=1)[:, None, None]
     label = partners.adduct_odds[rows][:, kept_t][:, :, None] + iso
     molecule = torch.logsumexp((prior + weight * label).flatten(1), dim=1)
-    phi = config.context_noise_share
+    phi = model.noise_share if config.context_noise_share is None \
+        else config.context_noise_share
     null = torch.zeros(n, dtype=li.dtype, device=device)
     null[rows] = torch.nan_to_num(torch.logaddexp(
         torch.full_like(molecule, math.log(phi)), math.log1p(-phi) + molecule), nan=0.0)
@@ -586,21 +1160,14 @@ def _rescored(result: PartitionResult, logit, log_rest, n_partners, config) -> P
     f = scored.features
     n = int(scored.p_null.shape[0])
     order, rank, _ = rank_within_peak(f.peak, logit)
-    f, logit = f.take(order), logit[order]
-    rest = torch.isfinite(log_rest)
-    rest_rows = torch.nonzero(rest).flatten()
-    prob, p_null = segment_softmax(torch.cat([logit, log_rest[rest_rows]]),
-                                   torch.cat([f.peak, rest_rows]), n)
-    prob = prob[: logit.shape[0]]
-    kappa = config.scorer.unlisted_prior
-    prob = prob * (1 - kappa)
-    p_null = p_null + kappa * (1 - p_null)
+    f, logit, isomer = f.take(order), logit[order], scored.isomer[order]
+    prob, p_null = slot_probabilities(logit, isomer, f.peak, n, log_rest, scored.rest_isomer)
     flagged = torch.isnan(scored.p_null)  # a flagged overflow stays without a call
     nan = torch.tensor(float("nan"), dtype=prob.dtype, device=prob.device)
     prob = torch.where(flagged[f.peak], nan, prob)
     p_null = torch.where(flagged, nan, p_null)
     new = ScoredPairs(f, rank, prob, p_null, scored.n_candidates, scored.overflow, logit,
-                      log_rest)
+                      isomer, log_rest, scored.rest_isomer)
     pair, call_prob = best_calls(new, n)
     before = torch.where(result.pair >= 0, scored.features.ion[result.pair.clamp(min=0)],
                          torch.full_like(result.pair, -1))

@@ -41,6 +41,7 @@ import pyarrow as pa
 
 from .chem import parse_formula
 from .errors import InputError, reading
+from .isotopes import hill_order
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ LIBRARY_ALIASES = {
     "rt": ["rt", "retention_time", "rt_min", "retention time"],
 }
 
+#: Elements whose counts a library table always has (others where its formulas hold them).
+LIBRARY_ELEMENTS = ("C", "H", "N", "O", "S", "P")
 #: Cell texts read as missing values in numeric columns (in id and text columns only an empty
 #: cell is missing).
 NULL_TEXT = ["", "NA", "NaN", "nan", "null", "NULL"]
@@ -777,7 +780,10 @@ def read_library(path, columns=None, rt_unit: str = "min") -> pd.DataFrame:
     pandas.DataFrame
         ``compound_id``, ``name``, ``formula`` (Hill notation; missing where only a mass is
         known), ``monoisotopic_mass``, ``rt`` (minutes; NaN where unknown), ``charge`` and
-        element counts ``n_C``, ``n_H``, ``n_N``, ``n_O``, ``n_S``, ``n_P`` used downstream.
+        element counts ``n_<element>`` of every element in the library (at least
+        ``n_C``, ``n_H``, ``n_N``, ``n_O``, ``n_S``, ``n_P``; Hill order), used by the isotope
+        patterns and the adducts' feasibility downstream. Isotope-labelled atoms (``[13C]``)
+        are in the mass but not in the counts: they do not vary.
         The library is small next to the peaks, so it stays a pandas frame on the client.
     """
     source = str(path)
@@ -792,7 +798,7 @@ def read_library(path, columns=None, rt_unit: str = "min") -> pd.DataFrame:
             if "monoisotopic_mass" in cols else np.full(n, np.nan))
     formulas = np.full(n, None, dtype=object)
     charge = np.zeros(n, dtype=np.int64)
-    counts = {el: np.zeros(n, dtype=np.int64) for el in ("C", "H", "N", "O", "S", "P")}
+    counts = {el: np.zeros(n, dtype=np.int64) for el in LIBRARY_ELEMENTS}
     if "formula" in cols:
         raw = frame[cols["formula"]]
         bad_rows, bad_vals, bad_msg = [], [], None
@@ -809,8 +815,9 @@ def read_library(path, columns=None, rt_unit: str = "min") -> pd.DataFrame:
             formulas[i] = f.formula
             mass[i] = f.mass
             charge[i] = f.charge
-            for el in counts:
-                counts[el][i] = f.count(el)
+            for el, k in f.elements.items():
+                if el.isalpha():  # '13C' and the like are fixed labels, not elements
+                    counts.setdefault(el, np.zeros(n, dtype=np.int64))[i] = k
         if bad_rows:
             raise InputError(source, f"unparsable formula ({bad_msg})", column=cols["formula"],
                              rows=_row_numbers(np.array(bad_rows), unit), values=bad_vals[:5],
@@ -837,6 +844,6 @@ def read_library(path, columns=None, rt_unit: str = "min") -> pd.DataFrame:
         "monoisotopic_mass": mass,
         "rt": rt,
         "charge": charge,
-        **{f"n_{el}": v for el, v in counts.items()},
+        **{f"n_{el}": counts[el] for el in hill_order(counts)},
     })
     return out.astype({"compound_id": "string", "name": "string", "formula": "string"})

@@ -1,4 +1,11 @@
-"""Library -> ion table: every compound x adduct x 13C isotope that can be observed, by m/z."""
+"""Library -> ion table: every compound x adduct x isotopologue that can be observed, by m/z.
+
+An ion is the compound taken ``mult`` times, plus the adduct's atoms, minus those it removes;
+its isotope pattern is computed from all of its elements (:mod:`dask_assign.isotopes`), so a
+chlorinated compound's 37Cl peak, a thiol's 34S peak and an acetate adduct's extra carbons are
+all where they really are. Isotopologues an instrument cannot tell apart (closer than
+``merge_ppm``) are merged into one ion.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +16,36 @@ import numpy as np
 import pandas as pd
 
 from .adducts import Adduct
-from .chem import C13_SPACING, ELECTRON_MASS, c13_abundances, parse_formula
+from .chem import ELECTRON_MASS
+from .isotopes import isotopologues, merge_unresolved
 
-#: Isotope labels of the output, by 13C count.
-ISOTOPE_LABELS = (None, "13C1", "13C2")
+#: Columns of the ion table, in order.
+ION_COLUMNS = ("mz", "compound", "adduct", "isotope", "rt", "log_adduct_prior",
+               "log_abundance", "group")
 
 
 @dataclass(frozen=True)
 class IonTable:
     """The searchable ions of a library, sorted by m/z, with lookups for the output.
 
-    Only numbers travel in ``ions``; names stay in ``compounds`` and ``adduct_names`` and are
-    joined back when results are written, so the hot path holds no object columns.
+    Only numbers travel in ``ions``; names stay in ``compounds``, ``adduct_names`` and
+    ``isotope_labels`` and are joined back when results are written, so the hot path holds no
+    object columns.
 
     Attributes
     ----------
     ions : pandas.DataFrame
         One row per ion, sorted by ``mz``: ``mz``, ``compound`` (row of ``compounds``),
-        ``adduct`` (index into ``adduct_names``), ``isotope`` (13C count), ``rt`` (library RT in
-        minutes, NaN where unknown), ``log_adduct_prior``, ``log_abundance`` (isotope peak
-        against the monoisotopic one).
+        ``adduct`` (index into ``adduct_names``), ``isotope`` (index into
+        ``isotope_labels``; 0 is the monoisotopic ion), ``rt`` (library RT in minutes, NaN
+        where unknown), ``log_adduct_prior``, ``log_abundance`` (the isotopologue against the
+        monoisotopic one) and ``group`` (one number per compound x adduct, shared by its
+        isotopologues).
     compounds : pandas.DataFrame
         ``compound_id``, ``name``, ``formula`` of the library, in library order.
     adduct_names : tuple of str
+    isotope_labels : tuple
+        ``None`` (monoisotopic), then labels such as ``"13C1"``, ``"37Cl1"``, ``"13C1+18O1"``.
     adduct_ions : numpy.ndarray
         ``(mult, |charge|, delta)`` of each adduct, so that ``mz = (mult * M + delta) / |charge|``.
     n_carbon : numpy.ndarray
@@ -44,6 +58,7 @@ class IonTable:
     ions: pd.DataFrame
     compounds: pd.DataFrame
     adduct_names: tuple
+    isotope_labels: tuple = (None,)
     adduct_ions: np.ndarray | None = None
     n_carbon: np.ndarray | None = None
     carbon_per_mass: float = 0.05
@@ -52,22 +67,25 @@ class IonTable:
         return len(self.ions)
 
 
-def _feasible(library: pd.DataFrame, adduct: Adduct) -> np.ndarray:
-    """Compounds able to form ``adduct``: neutral, and holding the atoms the adduct removes."""
-    ok = library["charge"].to_numpy() == 0
-    if adduct.sub:
-        has_formula = library["formula"].notna().to_numpy()
-        need = parse_formula(adduct.sub).elements
-        enough = np.ones(len(library), dtype=bool)
-        for el, n in need.items():
-            col = f"n_{el}"
-            have = library[col].to_numpy() if col in library else np.zeros(len(library))
-            enough &= adduct.mult * have >= n
-        ok &= enough | ~has_formula
-    return ok
+def element_counts(library: pd.DataFrame) -> dict:
+    """The ``n_<element>`` columns of a library frame, by element symbol."""
+    return {c[2:]: library[c].to_numpy(dtype=np.int64) for c in library.columns
+            if c.startswith("n_")}
 
 
-def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 2) -> IonTable:
+def _feasible(counts: dict, has_formula: np.ndarray, adduct: Adduct) -> np.ndarray:
+    """Compounds whose ``mult`` molecules hold every atom the adduct removes (any element;
+    compounds known only by mass are assumed able to)."""
+    n = has_formula.size
+    enough = np.ones(n, dtype=bool)
+    for el, k in adduct.elements.items():
+        if k < 0:
+            enough &= adduct.mult * counts.get(el, np.zeros(n, dtype=np.int64)) >= -k
+    return enough | ~has_formula
+
+
+def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 3,
+               min_abundance: float = 1e-3, merge_ppm: float = 0.0) -> IonTable:
     """Expand a library into its ions.
 
     Parameters
@@ -77,8 +95,13 @@ def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 2) -> IonTable
     adducts : sequence of Adduct
         The adducts searched.
     max_isotope : int
-        Highest 13C count (0, 1 or 2). Isotope ions need a formula (carbon count); compounds
-        known only by mass get the monoisotopic ion alone.
+        Largest nominal mass shift of the isotopologues searched (neutrons added or removed:
+        2 for ``13C2``, ``18O1`` or ``37Cl1``); 0 searches the monoisotopic ions only.
+        Isotopologues need a formula; compounds known only by mass get the monoisotopic ion.
+    min_abundance : float
+        Smallest isotopologue kept, relative to the monoisotopic ion's abundance.
+    merge_ppm : float
+        Isotopologues of one ion closer than this (ppm) are merged (:func:`merge_unresolved`).
 
     Returns
     -------
@@ -105,16 +128,25 @@ def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 2) -> IonTable
     adduct_ions = [(a.mult, abs(a.charge), a.delta_mass) for a in adducts]
     positive = adducts[0].charge > 0
     mass = library["monoisotopic_mass"].to_numpy(dtype=np.float64)
-    n_carbon = library["n_C"].to_numpy()
+    counts = element_counts(library)
     has_formula = library["formula"].notna().to_numpy()
-    prior_total = sum(a.prior for a in adducts)
-    parts = []
-    for k, adduct in enumerate(adducts):
-        ok = _feasible(library, adduct)
-        if ok.any():
-            parts.append((np.flatnonzero(ok), k, adduct.mz(mass[ok]), abs(adduct.charge),
-                          adduct.mult, math.log(adduct.prior / prior_total)))
     charge = library["charge"].to_numpy()
+    prior_total = sum(a.prior for a in adducts)
+    # Parent ions (compound x adduct): compound, adduct, monoisotopic m/z, |z|, log prior,
+    # and the atoms of the whole ion.
+    compound, adduct, mz0, z, log_prior, atoms = [], [], [], [], [], []
+    neutral = charge == 0
+    for k, a in enumerate(adducts):
+        ok = neutral & _feasible(counts, has_formula, a)
+        idx = np.flatnonzero(ok)
+        compound.append(idx)
+        adduct.append(np.full(idx.size, k))
+        mz0.append(a.mz(mass[idx]))
+        z.append(np.full(idx.size, abs(a.charge)))
+        log_prior.append(np.full(idx.size, math.log(a.prior / prior_total)))
+        delta = a.elements
+        atoms.append({el: a.mult * counts.get(el, np.zeros(len(library), np.int64))[idx]
+                      + delta.get(el, 0) for el in set(counts) | set(delta)})
     permanent = (charge > 0) if positive else (charge < 0)
     if permanent.any():
         # A permanent ion is observed as itself; its m/z loses (or gains) the charge's electrons.
@@ -123,35 +155,52 @@ def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 2) -> IonTable
             names.append(intrinsic)
             # Relations treat it as singly charged; multiply charged ones are rare.
             adduct_ions.append((1, 1, -ELECTRON_MASS if positive else ELECTRON_MASS))
-        z = np.abs(charge[permanent])
-        mz = (mass[permanent] - charge[permanent] * ELECTRON_MASS) / z
         idx = np.flatnonzero(permanent)
-        parts.append((idx, names.index(intrinsic), mz, z, 1, math.log(1.0 / len(names))))
-    rows = []
-    for idx, k, mz, z, mult, log_prior in parts:
-        abund = c13_abundances(mult * n_carbon[idx], max_isotope)
-        for iso in range(max_isotope + 1):
-            keep = has_formula[idx] | (iso == 0)
-            keep &= abund[:, iso] > 0
-            rows.append(pd.DataFrame({
-                "mz": (mz + iso * C13_SPACING / z)[keep],
-                "compound": idx[keep].astype(np.int32),
-                "adduct": np.int16(k),
-                "isotope": np.int8(iso),
-                "rt": library["rt"].to_numpy(dtype=np.float64)[idx][keep],
-                "log_adduct_prior": np.float64(log_prior),
-                "log_abundance": np.log(abund[keep, iso]),
-            }))
-    ions = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["mz", "compound", "adduct", "isotope", "rt", "log_adduct_prior",
-                 "log_abundance"])
+        compound.append(idx)
+        adduct.append(np.full(idx.size, names.index(intrinsic)))
+        zz = np.abs(charge[idx])
+        mz0.append((mass[idx] - charge[idx] * ELECTRON_MASS) / zz)
+        z.append(zz)
+        log_prior.append(np.full(idx.size, math.log(1.0 / len(names))))
+        atoms.append({el: v[idx] for el, v in counts.items()})
+    sizes = [len(c) for c in compound]
+    compound, adduct = np.concatenate(compound), np.concatenate(adduct)
+    mz0, z, log_prior = np.concatenate(mz0), np.concatenate(z), np.concatenate(log_prior)
+    ion_atoms = {el: np.concatenate([part.get(el, np.zeros(size, np.int64))
+                                     for part, size in zip(atoms, sizes, strict=True)])
+                 for el in sorted({el for part in atoms for el in part})}
+    # Compounds known only by mass have no isotope pattern: no atoms, only the monoisotopic.
+    known = has_formula[compound]
+    iso = isotopologues({el: np.where(known, v, 0) for el, v in ion_atoms.items()},
+                        min_abundance, max_isotope)
+    parent = iso.ion
+    mz = mz0[parent] + iso.delta_mass / z[parent]
+    keep = np.arange(parent.size)
+    log_abundance = iso.log_abundance
+    if merge_ppm > 0 and parent.size:
+        keep, mz, log_abundance = merge_unresolved(parent, mz, log_abundance, iso.label,
+                                                   merge_ppm)
+        parent = parent[keep]
+    ions = pd.DataFrame({
+        "mz": mz,
+        "compound": compound[parent].astype(np.int32),
+        "adduct": adduct[parent].astype(np.int16),
+        "isotope": iso.label[keep].astype(np.int16),
+        "rt": library["rt"].to_numpy(dtype=np.float64)[compound[parent]],
+        "log_adduct_prior": log_prior[parent],
+        "log_abundance": log_abundance,
+        "group": parent.astype(np.int32),
+    })
     # Sorting by m/z (ties by compound, adduct, isotope) fixes one order for every partition.
     ions = ions.sort_values(["mz", "compound", "adduct", "isotope"], kind="stable",
                             ignore_index=True)
     compounds = library[["compound_id", "name", "formula"]].reset_index(drop=True)
+    n_carbon = counts.get("C", np.zeros(len(library), np.int64))
     carbon = np.where(has_formula, n_carbon, np.nan).astype(np.float64)
-    known = has_formula & np.isfinite(mass) & (mass > 0)
-    per_mass = float(carbon[known].sum() / mass[known].sum()) if known.any() else 0.05
+    usable = has_formula & np.isfinite(mass) & (mass > 0)
+    per_mass = float(carbon[usable].sum() / mass[usable].sum()) if usable.any() else 0.05
     return IonTable(ions=ions, compounds=compounds, adduct_names=tuple(names),
+                    isotope_labels=iso.labels,
                     adduct_ions=np.asarray(adduct_ions, dtype=np.float64).reshape(-1, 3),
                     n_carbon=carbon, carbon_per_mass=per_mass)
+

@@ -16,10 +16,13 @@ What goes where (HUPO-PSI mzTab-M 2.0.0, the release specification's sections an
   without fragmentation or a standard in this run), its best call probability, and its
   abundance: the largest intensity among its peaks.
 - **SMF**: one row per peak with a call: m/z, RT in seconds, charge, adduct, isotopomer (peaks are
-  not de-isotoped: ``+0``, ``+1``, ``+2`` for M+0, 13C1, 13C2), intensity, the references to
+  not de-isotoped: the neutrons the isotopologue adds, ``+0`` for the monoisotopic peak,
+  ``+2`` for 37Cl1 or 13C2), intensity, the references to
   its candidates (ambiguity code 1), and ``opt_global_peak_id`` (the peak table's own id),
-  ``opt_global_prob`` (the call's probability) and ``opt_global_p_null`` (the probability that
-  the peak is none of the library's compounds).
+  ``opt_global_prob`` (the call's probability), ``opt_global_p_null`` (the probability that
+  the peak is none of the library's compounds), ``opt_global_p_formula`` (the probability of
+  the call's formula: its library isomers' summed) and ``opt_global_isotopologue`` (the
+  label: ``13C1``, ``37Cl1``, ``13C1+18O1``; null for the monoisotopic peak).
 - **SME**: one row per kept candidate of those peaks: database id, formula, theoretical m/z,
   ``id_confidence_measure[1]`` (the candidate's probability), rank (1 = best),
   ``opt_global_ppm_error`` and ``opt_global_rt_error_seconds`` (observed - library).
@@ -38,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .isotopes import label_shift
+
 #: The export's file name inside the output folder.
 MZTAB_NAME = "results.mzTab"
 #: Prefix of the library's compound ids in ``database_identifier``.
@@ -47,9 +52,13 @@ CONFIDENCE = "[,, dask-assign posterior probability, ]"
 RELIABILITY = "3"
 POLARITY = {"positive": "[MS, MS:1000130, positive scan, ]",
             "negative": "[MS, MS:1000129, negative scan, ]"}
-ISOTOPOMER = {"": "[MS, MS:1002957, isotopomer MS peak, +0]",
-              "13C1": "[MS, MS:1002957, isotopomer MS peak, +1]",
-              "13C2": "[MS, MS:1002957, isotopomer MS peak, +2]"}
+
+
+def isotopomer(label) -> str:
+    """The isotopomer cell of an isotopologue label: MS:1002957 with the neutrons it adds
+    (``13C1`` and ``15N1`` are both ``+1``; the label itself is in
+    ``opt_global_isotopologue``)."""
+    return f"[MS, MS:1002957, isotopomer MS peak, +{label_shift(label)}]"
 #: Columns of each table, in the order the specification fixes (one assay, one study variable).
 SML_COLUMNS = ["SML_ID", "SMF_ID_REFS", "database_identifier", "chemical_formula", "smiles",
                "inchi", "chemical_name", "uri", "theoretical_neutral_mass", "adduct_ions",
@@ -60,7 +69,7 @@ SMF_COLUMNS = ["SMF_ID", "SME_ID_REFS", "SME_ID_REF_ambiguity_code", "adduct_ion
                "exp_mass_to_charge", "charge", "retention_time_in_seconds",
                "retention_time_in_seconds_start", "retention_time_in_seconds_end",
                "abundance_assay[1]", "opt_global_peak_id", "opt_global_prob",
-               "opt_global_p_null"]
+               "opt_global_p_null", "opt_global_p_formula", "opt_global_isotopologue"]
 SME_COLUMNS = ["SME_ID", "evidence_input_id", "database_identifier", "chemical_formula",
                "smiles", "inchi", "chemical_name", "uri", "derivatized_form", "adduct_ion",
                "exp_mass_to_charge", "charge", "theoretical_mass_to_charge", "spectra_ref",
@@ -115,12 +124,10 @@ def _param(name: str, value: str = "") -> str:
 
 def _ions(space) -> pd.DataFrame:
     """Each searched ion with its labels, m/z and charge (to look up the candidates')."""
-    from .ions import ISOTOPE_LABELS
-
     return pd.DataFrame({
         "compound_id": space.compounds["compound_id"].to_numpy(dtype=object)[space.compound],
         "adduct": np.asarray(space.adduct_names, dtype=object)[space.adduct],
-        "isotope": np.asarray([lab or "" for lab in ISOTOPE_LABELS], dtype=object)[
+        "isotope": np.asarray([lab or "" for lab in space.isotope_labels], dtype=object)[
             space.isotope],
         "theoretical_mz": space.mz,
     })
@@ -332,7 +339,7 @@ def _smf_table(called: pd.DataFrame, ev: pd.DataFrame, intensity: np.ndarray,
         "SME_ID_REF_ambiguity_code": np.where(several.reindex(smf_ids, fill_value=False),
                                               "1", "null").astype(object),
         "adduct_ion": _text(called["adduct"]),
-        "isotopomer": np.array([ISOTOPOMER[i] for i in iso], dtype=object),
+        "isotopomer": np.array([isotopomer(i) for i in iso], dtype=object),
         "exp_mass_to_charge": decimals(called["mz"]),
         "charge": look.charges(called["adduct"]),
         "retention_time_in_seconds": decimals(called["rt"] * 60.0),
@@ -342,6 +349,8 @@ def _smf_table(called: pd.DataFrame, ev: pd.DataFrame, intensity: np.ndarray,
         "opt_global_peak_id": _text(called["peak_id"]),
         "opt_global_prob": decimals(called["prob"]),
         "opt_global_p_null": decimals(called["p_null"]),
+        "opt_global_p_formula": decimals(called["p_formula"]),
+        "opt_global_isotopologue": _text(called["isotope"]),
     }
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 from dask.base import get_scheduler
 
+from . import calibration as calibration_module
 from .adducts import select_adducts
 from .annotate import (
     ASSIGNMENT_DTYPES,
@@ -53,9 +55,17 @@ from .calibration import (
     sampled,
 )
 from .config import AssignConfig, Calibration
-from .context import ContextModel, apply_context, context_stats, fit_context
+from .context import (
+    ContextModel,
+    apply_context,
+    context_stats,
+    fit_context,
+    scoring_calibration,
+)
 from .io import read_library, read_peaks
 from .ions import build_ions
+from .mass_search import VOTE_COLUMNS as MASS_VOTE_COLUMNS
+from .mass_search import mz_edges
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +75,10 @@ def prepare_library(library, config: AssignConfig) -> SearchSpace:
     if not isinstance(library, pd.DataFrame):
         library = read_library(library, rt_unit=config.library_rt_unit)
     adducts = select_adducts(config.mode, config.adducts, config.adduct_table)
-    table = build_ions(library, adducts, config.max_isotope)
-    log.info("library: %d compounds, %d ions (%d adducts, up to 13C%d)", len(library),
-             len(table), len(adducts), config.max_isotope)
+    table = build_ions(library, adducts, config.max_isotope, config.isotope_min_abundance,
+                       config.isotope_merge_ppm)
+    log.info("library: %d compounds, %d ions (%d adducts, %d isotopologue labels)",
+             len(library), len(table), len(adducts), len(table.isotope_labels))
     return SearchSpace.build(table, config.ppm * config.refine_widen)
 
 
@@ -76,9 +87,14 @@ def summarize_peaks(part):
     return peak_summary(part)
 
 
-def drift_search(part, space, config, fraction):
+def drift_search(part, space, config, fraction, calibration):
     """Task: mass-only votes of one partition for the library-to-run RT map."""
-    return drift_votes(part, space, config, fraction)
+    return drift_votes(part, space, config, fraction, calibration)
+
+
+def mass_search(part, space, config, fraction, edges):
+    """Task: RT-free votes of one partition for the run's mass-offset curve."""
+    return calibration_module.mass_search(part, space, config, fraction, edges)
 
 
 def sample_peaks(part, fraction):
@@ -227,17 +243,19 @@ def rt_blocks(ddf: dd.DataFrame, config: AssignConfig, n_blocks: int | None = No
     return [dask.delayed(rt_block)([sp[k] for sp in splits], edges, k) for k in range(n_blocks)]
 
 
-def context_model(blocks: list, config: AssignConfig,
-                  calibration: Calibration) -> ContextModel | None:
-    """Fit the context pass's model on every block (co-elution spread, accident rate,
-    detection limit); ``None`` when ``config.context`` is off."""
-    if not config.context:
-        return None
-    stats = [dask.delayed(context_stats)(b, config, calibration) for b in blocks]
+def context_model(blocks: list, space, space_key, config: AssignConfig,
+                  calibration: Calibration) -> ContextModel:
+    """Fit the run's co-elution evidence on every block (co-elution spread, accident rate,
+    detection limit and rate, adduct shares, noise share; sums over blocks)."""
+    stats = [dask.delayed(context_stats)(b, space_key, config, calibration) for b in blocks]
     parts = dask.compute(*stats)
-    model = fit_context(pd.concat(parts, ignore_index=True), config, calibration)
+    model = fit_context(pd.concat(parts, ignore_index=True), config, calibration, space)
     log.info("context: co-elution tolerance %.4f min (from %.0f 13C pairs), partner window "
-             "%.1f ppm", model.rt_tol, model.isotope_pairs, model.ppm)
+             "%.1f ppm, isotope detection %.2f, noise share %.2f, adduct shares %s (from %.0f "
+             "main-ion calls)", model.rt_tol, model.isotope_pairs, model.ppm,
+             model.isotope_detect, model.noise_share,
+             dict(zip(space.adduct_names, np.round(model.adduct_share, 3).tolist(),
+                      strict=False)), model.main_calls)
     return model
 
 
@@ -278,17 +296,16 @@ def on_workers(obj):
         return client.persist(value)
 
 
-def annotated_blocks(blocks: list, space, config, calibration, model,
-                     space_key=None) -> list:
-    """One delayed :class:`~dask_assign.annotate.PartitionResult` per block (``space_key``:
-    the space as :func:`on_workers` gives it; made here when omitted)."""
-    space_key = on_workers(space) if space_key is None else space_key
+def annotated_blocks(plan: RunPlan, config: AssignConfig, which=None) -> list:
+    """One delayed :class:`~dask_assign.annotate.PartitionResult` per RT block of the plan
+    (or of the blocks numbered ``which``)."""
+    key, cal = plan.space_key, plan.calibration
     out = []
-    for block in blocks:
-        scored = dask.delayed(join_and_score)(block, space_key, config, calibration)
-        refined = dask.delayed(refine_partition)(scored, space_key, config, calibration)
-        out.append(dask.delayed(add_context)(refined, block, space_key, config, calibration,
-                                             model))
+    for k in range(len(plan.blocks)) if which is None else which:
+        block = plan.blocks[k]
+        scored = dask.delayed(join_and_score)(block, key, config, cal)
+        refined = dask.delayed(refine_partition)(scored, key, config, cal)
+        out.append(dask.delayed(add_context)(refined, block, key, config, cal, plan.context))
     return out
 
 
@@ -332,10 +349,17 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     n_peaks = float(summary["n"].sum())
     # The EM steps share one sample of the peaks, read once and kept in the workers' memory.
     em_peaks = peak_sample(peaks, int(n_peaks)) if sample is None else sample
+    if config.mass_search_ppm > 0:
+        fraction = min(1.0, calibration_module.MASS_SAMPLE / max(n_peaks, 1.0))
+        edges = mz_edges(float(summary["mz_min"].min()), float(summary["mz_max"].max()))
+        votes = _collect(em_peaks.map_partitions(mass_search, space_key, config, fraction,
+                                                 edges, meta=dict(MASS_VOTE_COLUMNS)))
+        votes = votes.groupby(["mz_bin", "err_bin"], as_index=False)["w"].sum()
+        start = calibration_module.start_mass_curve(votes, start, config, edges)
     if config.max_drift > 0 and np.isfinite(space.rt).any():
         fraction = min(1.0, DRIFT_SAMPLE / max(n_peaks, 1.0))
         votes = _collect(em_peaks.map_partitions(drift_search, space_key, config, fraction,
-                                                 meta=dict(VOTE_COLUMNS)))
+                                                 start, meta=dict(VOTE_COLUMNS)))
         votes = votes.groupby(["slope", "shift"], as_index=False)["w"].sum()
         found = drift_from_votes(votes, config)
         if found is not None:
@@ -353,22 +377,71 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     return fit_calibration(stats_of, start, config, space)
 
 
-def calibration_and_blocks(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
-                           space_key, calibration: Calibration | None = None,
-                           n_blocks: int | None = None) -> tuple[Calibration, int]:
-    """The run's calibration (:func:`calibrate`) and number of RT blocks
-    (:func:`plan_blocks`), each computed unless given; both read one :func:`peak_sample`,
-    made only when one of them needs it."""
+@dataclass
+class RunPlan:
+    """Everything a run decides before it scores: made once by :func:`plan_run`, used alike
+    by the API, the CLI, training and the benchmarks.
+
+    Attributes
+    ----------
+    fitted : Calibration
+        What the calibration fitted (saved for ``--resume``).
+    calibration : Calibration
+        What the run scores with: ``fitted`` with the adduct priors the evidence measured.
+    space : SearchSpace
+        The ion table at the run's mass resolution (isotopologues closer than its fitted
+        mass spread merged).
+    space_key : object
+        ``space`` as :func:`on_workers` gives it.
+    n_blocks : int
+    blocks : list
+        The peaks as delayed RT blocks (with their halos).
+    evidence : ContextModel
+        The run's fitted co-elution evidence (saved).
+    context : ContextModel or None
+        What the context pass uses: ``evidence``, or ``None`` when the pass is off.
+    """
+
+    fitted: Calibration
+    calibration: Calibration
+    space: SearchSpace
+    space_key: object
+    n_blocks: int
+    blocks: list
+    evidence: ContextModel
+    context: ContextModel | None
+
+
+def plan_run(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
+             calibration: Calibration | None = None, n_blocks: int | None = None,
+             evidence: ContextModel | None = None) -> RunPlan:
+    """Calibrate, resolve the ion table at the run's mass spread, plan the RT blocks and fit
+    the run's co-elution evidence, on the active scheduler; each step is skipped where its
+    result is given (a resumed run). The calibration and the planner read one
+    :func:`peak_sample`, made only when one of them needs it."""
     n_peaks = int(len(ddf))
     sample = None
     if (calibration is None and config.calibrate) or (
             n_blocks is None and blocks_may_overfill(n_peaks, ddf.npartitions, config)):
         sample = peak_sample(ddf, n_peaks)
     if calibration is None:
-        calibration = calibrate(ddf, space, config, space_key, sample)
+        calibration = calibrate(ddf, space, config, on_workers(space), sample)
+    # Isotopologues closer than the run's mass spread are one peak to this instrument.
+    resolved = space.resolved(max(config.isotope_merge_ppm, calibration.mass_sigma_ppm))
+    space_key = on_workers(resolved)
+    # The evidence is a sum over blocks, the same for any blocks: fitted on one block a
+    # partition, so that the planner can count pairs as the run will score them.
+    blocks = rt_blocks(ddf, config, n_blocks or ddf.npartitions)
+    if evidence is None:  # fitted with the generative scorer, as the calibration is
+        evidence = context_model(blocks, resolved, space_key, generative(config), calibration)
+    scoring = scoring_calibration(calibration, evidence, resolved, config)
     if n_blocks is None:
-        n_blocks = plan_blocks(ddf, space_key, config, calibration, sample)
-    return calibration, n_blocks
+        n_blocks = plan_blocks(ddf, space_key, config, scoring, sample)
+        if n_blocks != len(blocks):
+            blocks = rt_blocks(ddf, config, n_blocks)
+    return RunPlan(fitted=calibration, calibration=scoring,
+                   space=resolved, space_key=space_key, n_blocks=n_blocks, blocks=blocks,
+                   evidence=evidence, context=evidence if config.context else None)
 
 
 def as_dask_frame(peaks, config: AssignConfig) -> dd.DataFrame:
@@ -416,13 +489,8 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     ddf = as_dask_frame(peaks, config)
     space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
-        space_key = on_workers(space)
-        calibration, n_blocks = calibration_and_blocks(ddf, space, config, space_key,
-                                                       calibration)
-        blocks = rt_blocks(ddf, config, n_blocks)
-        model = context_model(blocks, config, calibration)
-    return _table(annotated_blocks(blocks, space, config, calibration, model, space_key),
-                  space_key, 0, ASSIGNMENT_DTYPES, ddf)
+        plan = plan_run(ddf, space, config, calibration)
+    return _table(annotated_blocks(plan, config), plan.space_key, 0, ASSIGNMENT_DTYPES, ddf)
 
 
 def candidates(peaks, library, config: AssignConfig, calibration: Calibration,
@@ -432,12 +500,8 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration,
     ddf = as_dask_frame(peaks, config)
     space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
-        space_key = on_workers(space)
-        _, n_blocks = calibration_and_blocks(ddf, space, config, space_key, calibration)
-        blocks = rt_blocks(ddf, config, n_blocks)
-        model = context_model(blocks, config, calibration)
-    return _table(annotated_blocks(blocks, space, config, calibration, model, space_key),
-                  space_key, 1, CANDIDATE_DTYPES, ddf)
+        plan = plan_run(ddf, space, config, calibration)
+    return _table(annotated_blocks(plan, config), plan.space_key, 1, CANDIDATE_DTYPES, ddf)
 
 
 def _table(results, space_key, which, dtypes, ddf) -> dd.DataFrame:
@@ -531,7 +595,7 @@ def package_versions() -> dict:
     return out
 
 
-def write_graph(blocks, space, config, calibration, model, staging, fmt, space_key=None):
+def write_graph(plan: RunPlan, config: AssignConfig, staging, fmt):
     """One chain of named tasks per RT block: ``join_and_score`` (join and first pass) ->
     ``refine_partition`` (wider second pass) -> ``add_context`` -> ``write_partition``.
     Blocks that an interrupted run finished are not computed again: their saved summaries
@@ -546,10 +610,9 @@ def write_graph(blocks, space, config, calibration, model, staging, fmt, space_k
     """
     from . import output
 
-    space_key = on_workers(space) if space_key is None else space_key
     summaries, resumed = [], 0
     todo = []
-    for i in range(len(blocks)):
+    for i in range(len(plan.blocks)):
         done = output.finished_summary(staging, i)
         if done is not None:
             summaries.append(dask.delayed(done))
@@ -557,11 +620,10 @@ def write_graph(blocks, space, config, calibration, model, staging, fmt, space_k
         else:
             summaries.append(None)
             todo.append(i)
-    results = annotated_blocks([blocks[i] for i in todo], space, config, calibration, model,
-                               space_key)
+    results = annotated_blocks(plan, config, todo)
     for i, result in zip(todo, results, strict=True):
-        summaries[i] = dask.delayed(output.write_partition)(result, space_key, str(staging),
-                                                            fmt, i)
+        summaries[i] = dask.delayed(output.write_partition)(result, plan.space_key,
+                                                            str(staging), fmt, i)
     return summaries, resumed
 
 
@@ -576,32 +638,22 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
                    "config": json.loads(config.to_json()), "format": fmt,
                    "partitions": ddf.npartitions}
     staging, resumed = output.open_staging(Path(out), fingerprint, resume)
-    saved = staging / "calibration.json"
+    saved_plan, saved_model = staging / "blocks.json", staging / "context.json"
     with client.as_current() if client is not None else nullcontext():
-        space_key = on_workers(space)  # sent to the workers once for the whole run
-        # The number of blocks is saved with the calibration: a resumed run reuses both.
-        saved_plan = staging / "blocks.json"
-        calibration = (Calibration.from_dict(json.loads(saved.read_text()))
-                       if resumed and saved.exists() else None)
-        n_blocks = (json.loads(saved_plan.read_text())["blocks"]
-                    if resumed and saved_plan.exists() else None)
-        if calibration is None or n_blocks is None:
-            calibration, n_blocks = calibration_and_blocks(ddf, space, config, space_key,
-                                                           calibration, n_blocks)
-            output.write_json(saved, calibration.to_dict())
-            output.write_json(saved_plan, {"blocks": n_blocks})
-        blocks = rt_blocks(ddf, config, n_blocks)
-        saved_model = staging / "context.json"
-        if resumed and saved_model.exists():
-            model = ContextModel.from_dict(json.loads(saved_model.read_text()))
-        else:
-            model = context_model(blocks, config, calibration)
-            if model is not None:
-                output.write_json(saved_model, model.to_dict())
+        # What the plan fitted is saved: a resumed run reuses it (and so its blocks).
+        known = json.loads(saved_plan.read_text()) if resumed and saved_plan.exists() else {}
+        plan = plan_run(
+            ddf, space, config,
+            Calibration.from_dict(known["fitted"]) if "fitted" in known else None,
+            known.get("blocks"),
+            ContextModel.from_dict(json.loads(saved_model.read_text()))
+            if resumed and saved_model.exists() else None)
+        output.write_json(saved_plan, {"blocks": plan.n_blocks, "fitted": plan.fitted.to_dict()})
+        output.write_json(saved_model, plan.evidence.to_dict())
+        output.write_json(staging / "calibration.json", plan.calibration.to_dict())
         t_cal = time.perf_counter()
         tables = output.TABLE_FORMAT[fmt]
-        summaries, already = write_graph(blocks, space, config, calibration, model, staging,
-                                         tables, space_key)
+        summaries, already = write_graph(plan, config, staging, tables)
         if client is not None:
             futures = client.compute(summaries)
             if progress:
@@ -617,7 +669,7 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
     if fmt == "mztab":
         from .mztab import write_mztab
 
-        write_mztab(staging, intensity, space, config, inputs, Path(out).name)
+        write_mztab(staging, intensity, plan.space, config, inputs, Path(out).name)
     t_end = time.perf_counter()
     n = int(written["peaks"].sum())
     assigned = int(written["assigned"].sum())
@@ -630,14 +682,14 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
         "candidates": int(written["candidates"].sum()),
         "n_candidates_p99": float(written["n_cand_p99"].max()),
         "partitions": int(len(written)), "resumed_partitions": already,
-        "ions": int(len(space.mz)),
+        "ions": int(len(plan.space.mz)),
         "seconds": {"calibrate": t_cal - t0, "score_and_write": t_end - t_cal,
                     "total": t_end - t0},
     }
     manifest = {
         "dask_assign_version": __version__, "versions": package_versions(), "inputs": inputs,
-        "config": json.loads(config.to_json()), "calibration": calibration.to_dict(),
-        "context": None if model is None else model.to_dict(),
+        "config": json.loads(config.to_json()), "calibration": plan.calibration.to_dict(),
+        "context": plan.evidence.to_dict(),
         "format": fmt, "summary": summary,
     }
     output.commit(staging, Path(out), manifest)

@@ -45,29 +45,51 @@ class PeakScorer(torch.nn.Module):
             return torch.nn.Parameter(torch.tensor(float(x), dtype=f64))
 
         # The run's fitted error models: fixed here; a learned scorer weighs their terms.
+        self.unlisted_prior = float(params.unlisted_prior)
         self.mass_sigma = float(c.mass_sigma_ppm)
         self.rt_sigma = float(c.rt_sigma)
+        self.rt_tail_share = float(c.rt_tail_share)
+        self.rt_tail_sigma = float(c.rt_tail_sigma)
         for name in LEARNED_WEIGHTS:
             setattr(self, name, p(getattr(params, name)))
         # Log odds of "this library ion" against "background", before the likelihoods:
         # log((1 - pi0) / pi0) - log(sum of ion prior weights) + log(search space volume).
         self.prior_odds = float(math.log((1 - c.null_prior) / c.null_prior) + c.log_volume
-                                - c.log_prior_mass)
+                                - c.log_enrichment - c.log_prior_mass)
         self.log_rt_span = float(math.log(c.rt_span))
         self.intensity_center = float(c.log_intensity_center)
         self.intensity_scale = float(c.log_intensity_scale)
 
+    def rt_term(self, f: PairFeatures) -> torch.Tensor:
+        """The RT's part of each pair's logit: log density of its residual under the run's RT
+        model (the background's density where the library has no RT: it says nothing)."""
+        dtype = f.ppm_error.dtype
+        term = rt_log_density(f.peak_rt - f.expected_rt, self.rt_sigma, self.rt_tail_share,
+                              self.rt_tail_sigma)
+        return torch.where(torch.isnan(f.ion_rt), -self.log_rt_span,
+                           self.rt_weight.to(dtype) * term)
+
+    def isomer_odds(self, f: PairFeatures, rt_term: torch.Tensor | None = None,
+                    unlisted_prior=None) -> torch.Tensor:
+        """log odds of "a compound of the same formula missing from the library" against
+        "this library compound", for each pair: the two explain the m/z alike, but only the
+        library compound is tied to its library RT; the isomer elutes anywhere in the run,
+        or (a share ``COELUTING_ISOMERS``: stereoisomers, close analogues) where the
+        compound does. Where the library has no RT the odds are
+        ``unlisted_prior / (1 - unlisted_prior)``."""
+        rt = self.rt_term(f) if rt_term is None else rt_term
+        share = self.unlisted_prior if unlisted_prior is None else unlisted_prior
+        log_odds = torch.log(torch.as_tensor(share, dtype=rt.dtype, device=rt.device)) \
+            - torch.log1p(-torch.as_tensor(share, dtype=rt.dtype, device=rt.device))
+        anywhere = -self.log_rt_span - rt + math.log1p(-COELUTING_ISOMERS)
+        return log_odds + torch.logaddexp(anywhere, torch.full_like(rt, math.log(
+            COELUTING_ISOMERS)))
+
     def forward(self, f: PairFeatures) -> torch.Tensor:
         """Logit of each pair against the null slot of its peak."""
         dtype = f.ppm_error.dtype
-        z = (f.ppm_error - f.ppm_offset) / self.mass_sigma
-        mass_term = -0.5 * z * z - math.log(self.mass_sigma) - _LOG_SQRT_2PI
-        zr = (f.peak_rt - f.expected_rt) / self.rt_sigma
-        rt_term = -0.5 * zr * zr - math.log(self.rt_sigma) - _LOG_SQRT_2PI
-        # Without a library RT the RT says nothing: the same density as the background's.
-        rt_term = torch.where(torch.isnan(f.ion_rt), -self.log_rt_span,
-                              self.rt_weight.to(dtype) * rt_term)
-        logit = self.mass_weight.to(dtype) * mass_term + rt_term
+        mass_term = mass_log_density(f.ppm_error - f.ppm_offset, self.mass_sigma)
+        logit = self.mass_weight.to(dtype) * mass_term + self.rt_term(f)
         logit = logit + self.adduct_weight.to(dtype) * f.log_adduct_prior
         logit = logit + self.isotope_weight.to(dtype) * f.log_abundance
         # Intensity: an isotope peak should be weaker than its monoisotopic one by the predicted
@@ -78,6 +100,46 @@ class PeakScorer(torch.nn.Module):
         logit = logit + self.intensity_weight.to(dtype) * torch.nan_to_num(inten, nan=0.0)
         logit = logit + self.count_weight.to(dtype) * f.log_count
         return logit + self.prior_odds + self.bias.to(dtype)
+
+
+def with_isomers(logit: torch.Tensor, isomer: torch.Tensor):
+    """A candidate and its unlisted isomer share one slot of the softmax: the slot's logit,
+    and the compound's share of the slot (``isomer``: :meth:`PeakScorer.isomer_odds`)."""
+    return logit + torch.nn.functional.softplus(isomer), torch.sigmoid(-isomer)
+
+
+#: Share of unlisted isomers that elute with the library compound (stereoisomers, close
+#: analogues): no RT can tell those apart.
+COELUTING_ISOMERS = 0.1
+#: Share of true matches whose mass error is far beyond the run's spread (a weak peak, an
+#: interference, the edge of the calibrated range), and how much wider they spread.
+MASS_OUTLIERS = 0.02
+MASS_OUTLIER_WIDTH = 5.0
+
+
+def mass_log_density(error, sigma: float):
+    """log density of a mass error (ppm, after the run's offset): the run's Gaussian spread,
+    with a thin wide tail so that a true match a few spreads off is unlikely, not impossible."""
+    return torch.logaddexp(log_normal(error, sigma) + math.log1p(-MASS_OUTLIERS),
+                           log_normal(error, MASS_OUTLIER_WIDTH * sigma)
+                           + math.log(MASS_OUTLIERS))
+
+
+def log_normal(x, sigma: float):
+    """log density of N(0, sigma) at ``x`` (tensor)."""
+    z = x / sigma
+    return -0.5 * z * z - math.log(sigma) - _LOG_SQRT_2PI
+
+
+def rt_log_density(residual, sigma: float, tail_share: float, tail_sigma: float):
+    """log density of an RT residual under the run's RT error model: a share
+    ``1 - tail_share`` of library RTs holds (spread ``sigma``), the rest is off by a broad
+    ``tail_sigma``."""
+    core = log_normal(residual, sigma)
+    if tail_share <= 0:
+        return core
+    return torch.logaddexp(core + math.log1p(-tail_share),
+                           log_normal(residual, tail_sigma) + math.log(tail_share))
 
 
 def segment_softmax(logits: torch.Tensor, segment: torch.Tensor, n_segments: int,

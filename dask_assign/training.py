@@ -19,20 +19,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .annotate import calibrated_ions, peak_tensors
+from .adducts import parse_adduct_name
+from .annotate import calibrated_ions, candidate_rt_window, centred_mz, peak_tensors
 from .candidates import range_join
 from .config import AssignConfig, Calibration, ScorerParams
 from .errors import InputError
 from .features import PairFeatures, pair_features
 from .io import read_tabular
-from .ions import ISOTOPE_LABELS
-from .pipeline import as_dask_frame, calibrate, prepare_library
-from .scoring import LEARNED_WEIGHTS, PeakScorer
+from .isotopes import label_shift
+from .pipeline import as_dask_frame, plan_run, prepare_library
+from .scoring import LEARNED_WEIGHTS, PeakScorer, with_isomers
 
 log = logging.getLogger(__name__)
 
-#: How truth tables write the monoisotopic peak (besides leaving it empty).
-MONOISOTOPIC = ("M+0", "M0", "12C", "0")
 #: Pull of each weight toward its generative value (per peak of training data): keeps weights
 #: that the data hardly inform where the model put them.
 L2_PULL = 1e-3
@@ -67,8 +66,10 @@ class LabeledRun:
 
 
 def read_truth(path) -> pd.DataFrame:
-    """A truth table: ``peak_id``, ``compound_id`` (empty: not in library), and optionally
-    ``adduct`` and ``isotope`` (empty or ``M+0``, ``13C1``, ``13C2``).
+    """A truth table: ``peak_id`` and either ``compound_id`` (empty: not in library) with
+    optionally ``adduct`` and ``isotope`` (empty or ``M+0``, ``13C1``, ``13C1+18O1``, ...),
+    or, at formula level, ``formula`` and ``in_library`` with optionally ``kind`` (``M-H``,
+    ``M-H/13C1``: the adduct and isotopologue).
 
     Raises
     ------
@@ -80,7 +81,9 @@ def read_truth(path) -> pd.DataFrame:
     else:
         frame, _ = read_tabular(path, "truth")
         source = str(path)
-    for column in ("peak_id", "compound_id"):
+    need = ("peak_id", "formula", "in_library") if "compound_id" not in frame.columns \
+        and "formula" in frame.columns else ("peak_id", "compound_id")
+    for column in need:
         if column not in frame.columns:
             raise InputError(source, "required column missing", column=column)
     dup = frame["peak_id"].duplicated(keep=False).to_numpy()
@@ -113,15 +116,16 @@ def label_run(peaks, library, truth, config: AssignConfig, name: str = "") -> La
     LabeledRun
     """
     t = read_truth(truth)
-    space = prepare_library(library, config)
     ddf = as_dask_frame(peaks, config)
-    calibration = calibrate(ddf, space, config)
+    plan = plan_run(ddf, prepare_library(library, config), config)
+    space, calibration = plan.space, plan.calibration
     part = ddf.compute()
     part = part.to_pandas() if hasattr(part, "to_pandas") else part
     p = peak_tensors(part, "cpu")
     ions = calibrated_ions(space, calibration, "cpu")
-    pi, ii = range_join(p["mz"], p["rt"], ions["mz"], ions["mapped_rt"], space.bins,
-                        config.ppm, config.rt_window)
+    pi, ii = range_join(centred_mz(p["mz"], calibration), p["rt"], ions["mz"],
+                        ions["mapped_rt"], space.bins, config.ppm,
+                        candidate_rt_window(config, calibration))
     feats = pair_features(pi, ii, p, ions)
 
     rows = pd.Series(np.arange(len(t)), index=t["peak_id"].astype(str).to_numpy())
@@ -129,22 +133,59 @@ def label_run(peaks, library, truth, config: AssignConfig, name: str = "") -> La
     labeled = ~np.isnan(at)
     at = np.where(labeled, at, 0).astype(np.int64)
     pair_peak, pair_ion = pi.numpy(), ii.numpy()
-    ion_compound = space.compounds["compound_id"].astype(str).to_numpy()[space.compound]
-    right = _text(t["compound_id"])[at][pair_peak] == ion_compound[pair_ion]
-    if "adduct" in t.columns:
-        names = np.asarray(space.adduct_names, dtype=object)
-        right &= _text(t["adduct"])[at][pair_peak] == names[space.adduct[pair_ion]]
-    if "isotope" in t.columns:
-        labels = np.asarray([x or "" for x in ISOTOPE_LABELS], dtype=object)
-        iso = _text(t["isotope"])
-        iso[np.isin(iso, MONOISOTOPIC)] = ""
-        right &= iso[at][pair_peak] == labels[space.isotope[pair_ion]]
-    right &= labeled[pair_peak]
+    right = _right_pairs(t, at[pair_peak], pair_ion, space) & labeled[pair_peak]
     if (~labeled).any():
         log.warning("%s: %d of %d peaks have no truth row; left out of training", name,
                     int((~labeled).sum()), labeled.size)
     return LabeledRun(name, calibration, feats, torch.as_tensor(right),
                       torch.as_tensor(labeled))
+
+
+def _right_pairs(t: pd.DataFrame, row: np.ndarray, ion: np.ndarray, space) -> np.ndarray:
+    """Whether each candidate (``ion``) is the true ion of its peak's truth row (``row``):
+    the compound (or, at formula level, its formula), the adduct (names compared by what
+    they add and remove) and the isotopologue (by the neutrons it adds: labels of merged
+    isotopologues differ between programs)."""
+    from .chem import parse_formula
+
+    compounds = space.compounds
+    if "compound_id" in t.columns:
+        truth_id = _text(t["compound_id"])[row]
+        right = truth_id == compounds["compound_id"].astype(str).to_numpy()[space.compound[ion]]
+        adduct = _text(t["adduct"]) if "adduct" in t.columns else None
+        isotope = _text(t["isotope"]) if "isotope" in t.columns else None
+    else:
+        hill = np.array([parse_formula(f).formula if f else "" for f in _text(t["formula"])],
+                        dtype=object)
+        in_lib = _text(t["in_library"]).astype(str)
+        in_lib = np.isin(np.char.lower(in_lib.astype(str)), ("true", "1", "yes"))
+        formulas = compounds["formula"].astype("string").fillna("").to_numpy(dtype=object)
+        right = in_lib[row] & (hill[row] == formulas[space.compound[ion]])
+        adduct = isotope = None
+        if "kind" in t.columns:
+            kind = _text(t["kind"])
+            adduct = np.array([k.split("/")[0] for k in kind], dtype=object)
+            isotope = np.array([k.split("/")[1] if "/" in k else "" for k in kind],
+                               dtype=object)
+    if adduct is not None:
+        ours = np.array([_adduct_key(n) for n in space.adduct_names], dtype=object)
+        theirs = np.array([_adduct_key(x) for x in adduct], dtype=object)
+        right &= theirs[row] == ours[space.adduct[ion]]
+    if isotope is not None:
+        shift = np.array([label_shift(x) for x in isotope])[row]
+        ours = np.array([label_shift(x) for x in space.isotope_labels])[space.isotope[ion]]
+        right &= shift == ours
+    return right
+
+
+def _adduct_key(name: str) -> str:
+    """An adduct name as what it adds and removes, whatever its spelling (charge aside);
+    '' for a text that names no adduct (a truth's ``none``)."""
+    try:
+        mult, _, atoms = parse_adduct_name(name)
+    except ValueError:
+        return ""
+    return f"{mult}M" + "".join(f"{el}{k:+d}" for el, k in atoms)
 
 
 def _tied_scorers(runs: list[LabeledRun], start: ScorerParams) -> list[PeakScorer]:
@@ -158,20 +199,24 @@ def _tied_scorers(runs: list[LabeledRun], start: ScorerParams) -> list[PeakScore
 
 def run_nll(scorer: PeakScorer, run: LabeledRun, kappa: torch.Tensor) -> torch.Tensor:
     """Summed negative log-probability of each labeled peak's true slot (the right
-    candidate, or the null where no candidate is right), with the unlisted share ``kappa``
-    moved to the null as the pipeline does."""
+    candidate, or the null where no candidate is right), with each candidate's unlisted
+    isomer (share ``kappa``) on the null's side, as the pipeline scores them."""
     f, n = run.features, run.n_peaks
     logits = scorer(f)
-    top = torch.zeros(n, dtype=logits.dtype).scatter_reduce(
-        0, f.peak, logits.detach(), reduce="amax", include_self=True)
-    total = torch.exp(-top).index_add(0, f.peak, torch.exp(logits - top[f.peak]))
+    isomer = scorer.isomer_odds(f, unlisted_prior=kappa)
+    slot, share = with_isomers(logits, isomer)
+    top = torch.zeros(n, dtype=slot.dtype).scatter_reduce(
+        0, f.peak, slot.detach(), reduce="amax", include_self=True)
+    total = torch.exp(-top).index_add(0, f.peak, torch.exp(slot - top[f.peak]))
     log_z = top + torch.log(total)
-    p = torch.exp(logits - log_z[f.peak])
-    p_right = torch.zeros(n, dtype=p.dtype).index_add(0, f.peak[run.right], p[run.right])
+    p = torch.exp(slot - log_z[f.peak])
+    p_right = torch.zeros(n, dtype=p.dtype).index_add(0, f.peak[run.right],
+                                                      (p * share)[run.right])
     has_right = torch.zeros(n, dtype=torch.bool)
     has_right[f.peak[run.right]] = True
-    p_null = torch.exp(-log_z)
-    target = torch.where(has_right, (1 - kappa) * p_right, kappa + (1 - kappa) * p_null)
+    p_null = torch.exp(-log_z) + torch.zeros(n, dtype=p.dtype).index_add(
+        0, f.peak, p * (1 - share))
+    target = torch.where(has_right, p_right, p_null)
     return -torch.log(target.clamp_min(1e-300))[run.labeled].sum()
 
 

@@ -150,21 +150,31 @@ def test_fit_recovers_the_coelution_spread():
     frame = pd.DataFrame({"mz": np.r_[mz, m1], "rt": np.r_[rt, rt1],
                           "intensity": np.r_[np.full(n, 1e6), np.full(n, 1e5)],
                           "core": True})
-    cal = Calibration(mass_sigma_ppm=2.0)
+    cal = Calibration(mass_sigma_ppm=2.0, log_detect=math.log(1e5))
     config = AssignConfig(max_coelution=0.1)
-    one = fit_context(context_stats(frame, config, cal), config, cal)
+    space = small_space()
+    one = fit_context(context_stats(frame, space, config, cal), config, cal, space)
     assert one.rt_sigma == pytest.approx(0.01, rel=0.15)
+    # Gaussian differences: four spreads hold more than the 95% the tolerance must.
     assert one.rt_tol == pytest.approx(4 * one.rt_sigma)
     # Counts add over blocks: two halves give the same fit.
-    halves = pd.concat([context_stats(frame.assign(core=frame["rt"] < 10), config, cal),
-                        context_stats(frame.assign(core=frame["rt"] >= 10), config, cal)])
-    assert fit_context(halves, config, cal) == one
-    assert one.log_detect == pytest.approx(math.log(1e5), abs=0.12)  # a bin's lower edge
+    halves = pd.concat([context_stats(frame.assign(core=frame["rt"] < 10), space, config, cal),
+                        context_stats(frame.assign(core=frame["rt"] >= 10), space, config, cal)])
+    assert fit_context(halves, config, cal, space) == one
+    assert one.log_detect == cal.log_detect
     assert ContextModel.from_dict(json.loads(json.dumps(one.to_dict()))) == one
     # Without intensities there is no detection limit; the model still goes through JSON.
-    blind = fit_context(context_stats(frame.assign(intensity=np.nan), config, cal), config, cal)
+    blind_cal = cal.replace(log_detect=float("-inf"))
+    blind = fit_context(context_stats(frame.assign(intensity=np.nan), space, config, blind_cal),
+                        config, blind_cal, space)
     assert blind.to_dict()["log_detect"] is None
     assert ContextModel.from_dict(json.loads(json.dumps(blind.to_dict()))) == blind
+
+
+def small_space():
+    lib = library_frame([("caffeine", CAFFEINE, RT), ("isobar", ISOBAR, RT)])
+    table = build_ions(lib, select_adducts("positive", CONFIG.adducts), CONFIG.max_isotope)
+    return SearchSpace.build(table, CONFIG.ppm * CONFIG.refine_widen)
 
 
 def test_compiled_and_torch_isotope_odds_agree():
@@ -178,7 +188,7 @@ def test_compiled_and_torch_isotope_odds_agree():
     space = SearchSpace.build(table, config.ppm * config.refine_widen)
     peaks = load_peaks(DEMO_DATA / "peaks.csv")
     block = peaks.assign(core=True)
-    model = fit_context(context_stats(block, config, CAL), config, CAL)
+    model = fit_context(context_stats(block, space, config, CAL), config, CAL, space)
     result = second_pass(first_pass(peaks, space, config, CAL), space, config, CAL)
     rows = np.arange(len(peaks))
     fast = apply_context(result, block, rows, space, config, CAL, model, kernel="numba")

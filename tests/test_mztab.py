@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dask_assign.isotopes import label_shift
 from tests.conftest import DEMO, SHARED
 from tests.test_cli import cli
 
@@ -110,8 +111,9 @@ def test_features_are_the_called_peaks_field_by_field(tab, export):
     np.testing.assert_array_equal(smf["opt_global_p_null"], c["p_null"])
     assert (smf["charge"] == 1).all()  # every adduct called here is singly charged
     # pyteomics reads a parameter as (name, value).
-    iso = c["isotope"].map({"13C1": "+1", "13C2": "+2"}).fillna("+0")
+    iso = [f"+{label_shift(x)}" for x in c["isotope"]]
     assert smf["isotopomer"].tolist() == [("isotopomer MS peak", v) for v in iso]
+    np.testing.assert_array_equal(smf["opt_global_p_formula"], c["p_formula"])
     peaks = pd.read_csv(SET / "peaks.csv", dtype={"peak_id": str}).set_index("peak_id")
     np.testing.assert_array_equal(smf["abundance_assay[1]"], peaks.loc[smf.index, "intensity"])
     for col in ("opt_global_prob", "opt_global_p_null"):

@@ -14,6 +14,7 @@ import pytest
 from dask_assign.cluster import connect
 from dask_assign.config import AssignConfig
 from dask_assign.evaluate import evaluate
+from dask_assign.isotopes import label_shift
 from dask_assign.pipeline import assign, run
 from tests.conftest import DEMO, SETS, SHARED
 
@@ -186,11 +187,19 @@ def test_output_folder_contents(local_client, tmp_path):
     assert sorted(a["peak_id"]) == sorted(peaks["peak_id"]) and a["peak_id"].is_unique
     assert a["rt"].is_monotonic_increasing
     assert list(a.columns) == ["peak_id", "compound_id", "name", "formula", "adduct",
-                               "isotope", "prob", "p_null", "ppm_error", "rt_error",
-                               "n_candidates", "overflow", "refined", "n_partners",
+                               "isotope", "prob", "p_formula", "p_null", "ppm_error",
+                               "rt_error", "n_candidates", "overflow", "refined", "n_partners",
                                "context_changed", "mz", "rt"]
-    assert set(a["isotope"].dropna()) <= {"13C1", "13C2"}
+    # Isotopologue labels name their substitutions (the demo's simulator makes 13C only, but
+    # a peak may sit where another isotopologue would be).
+    assert {"13C1", "13C2"} <= set(a["isotope"].dropna())
+    assert all(label_shift(x) > 0 for x in a["isotope"].dropna().unique())
     assert ((a["prob"] >= a["p_null"]) | a["compound_id"].isna()).all()
+    called = a["compound_id"].notna()
+    # The formula's probability takes the call's and its library isomers'.
+    assert (a.loc[called, "p_formula"] >= a.loc[called, "prob"] - 1e-12).all()
+    assert (a.loc[called, "p_formula"] + a.loc[called, "p_null"] <= 1 + 1e-9).all()
+    assert a.loc[~called, "p_formula"].isna().all()
     c = pd.read_parquet(out / "candidates.parquet")
     assert list(c.columns) == ["peak_id", "rank", "compound_id", "adduct", "isotope",
                                "ppm_error", "rt_error", "prob"]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dask_assign.annotate import candidate_rt_window
 from dask_assign.config import AssignConfig, ScorerParams
 from dask_assign.errors import InputError
 from dask_assign.training import L2_PULL, LEARNED_WEIGHTS, label_run, read_truth, run_nll, train
@@ -38,7 +39,8 @@ def test_labels_match_the_truths_ion_masses(hilic_run):
     ppm = (peaks["mz"].to_numpy() - t["mz_theoretical"].to_numpy()) \
         / t["mz_theoretical"].to_numpy() * 1e6
     lib_rt = lib["rt"].reindex(t["compound_id"]).to_numpy()
-    rt_ok = np.abs(peaks["rt"].to_numpy() - run.calibration.rt_map(lib_rt)) <= BASE.rt_window
+    window = candidate_rt_window(BASE, run.calibration)
+    rt_ok = np.abs(peaks["rt"].to_numpy() - run.calibration.rt_map(lib_rt)) <= window
     expected = in_lib & (np.abs(ppm) <= BASE.ppm) & rt_ok
     f = run.features
     n_right = np.bincount(f.peak[run.right].numpy(), minlength=len(peaks))

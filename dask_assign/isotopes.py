@@ -1,0 +1,339 @@
+"""Isotopologues of ions from every element: the fine-structure peaks of an ion's isotope
+pattern, their relative abundances and labels (``13C1``, ``18O1``, ``13C1+37Cl1``).
+
+An ion's isotopologues are its configurations of heavy (or light) isotopes. For one element
+with ``n`` atoms the chance of ``k_i`` atoms of isotope ``i`` against all atoms in the
+principal (most abundant) isotope is the multinomial ratio
+
+    n! / ((n - K)! k_1! ... k_m!) * prod (p_i / p_0) ** k_i,       K = k_1 + ... + k_m,
+
+and an ion's configuration is a product over its elements. Isotope masses and abundances are
+molmass's (IUPAC), so no table is typed in here. Configurations are enumerated exactly, element
+by element, keeping those above a relative abundance (pruned with an upper bound of what the
+remaining elements can add, so nothing above the threshold is lost); the work is vectorised
+over all ions of a library at once. :func:`merge_unresolved` then joins the isotopologues of one
+ion that lie closer than the mass resolution (``13C1`` and ``17O1`` are 0.9 mDa apart).
+
+Examples
+--------
+>>> table = isotopologues({"C": np.array([6]), "H": np.array([5]), "Cl": np.array([1])},
+...                       min_abundance=0.01)
+>>> [(table.labels[c], round(float(np.exp(a)), 4))
+...  for c, a in zip(table.label, table.log_abundance)]
+[(None, 1.0), ('13C1', 0.0649), ('37Cl1', 0.32), ('13C1+37Cl1', 0.0208)]
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from molmass import ELEMENTS
+
+
+@dataclass(frozen=True)
+class ElementIsotopes:
+    """The stable isotopes of one element, against its principal (most abundant) isotope.
+
+    Attributes
+    ----------
+    symbol : str
+    mass_numbers : tuple of int
+        Of the other isotopes (nonzero natural abundance), in increasing order.
+    neutrons : tuple of int
+        Mass number of each other isotope minus the principal one's.
+    delta_mass : tuple of float
+        Mass of each other isotope minus the principal one's (u).
+    log_ratio : tuple of float
+        ``log(p_i / p_0)`` of each other isotope.
+    """
+
+    symbol: str
+    mass_numbers: tuple
+    neutrons: tuple
+    delta_mass: tuple
+    log_ratio: tuple
+
+    def label(self, counts) -> str:
+        """``"17O1+18O1"`` for the counts of the other isotopes (empty for none)."""
+        return "+".join(f"{a}{self.symbol}{k}" for a, k in zip(self.mass_numbers, counts,
+                                                             strict=True) if k)
+
+
+@cache
+def element_isotopes(symbol: str) -> ElementIsotopes:
+    """Isotope data of an element (molmass); no other isotopes for a monoisotopic element."""
+    stable = [(a, iso.mass, iso.abundance) for a, iso in ELEMENTS[symbol].isotopes.items()
+              if iso.abundance > 0]
+    principal = max(stable, key=lambda x: x[2])
+    others = sorted(x for x in stable if x[0] != principal[0])
+    return ElementIsotopes(symbol, tuple(a for a, _, _ in others),
+                           tuple(a - principal[0] for a, _, _ in others),
+                           tuple(m - principal[1] for _, m, _ in others),
+                           tuple(math.log(p / principal[2]) for _, _, p in others))
+
+
+def parse_label(text) -> dict:
+    """The substitutions an isotopologue label names, ``{(mass number, element): count}``
+    (empty for the monoisotopic ion: ``None``, ``""``, ``"M+0"``, ``"M0"``).
+
+    >>> parse_label("13C1+18O1") == parse_label("18O1+13C1")
+    True
+    """
+    import re
+
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return {}
+    text = str(text).strip()
+    if text in ("", "M+0", "M0", "12C", "0"):
+        return {}
+    out = {}
+    for part in text.split("+"):
+        m = re.fullmatch(r"(\d+)([A-Z][a-z]?)(\d*)", part.strip())
+        if not m:
+            raise ValueError(f"not an isotopologue label: {text!r}")
+        out[(int(m.group(1)), m.group(2))] = out.get((int(m.group(1)), m.group(2)), 0) \
+            + int(m.group(3) or 1)
+    return out
+
+
+def label_shift(text) -> int:
+    """Neutrons an isotopologue label adds (``13C1+18O1``: 3)."""
+    total = 0
+    for (mass_number, symbol), k in parse_label(text).items():
+        total += k * (mass_number - _principal(symbol))
+    return total
+
+
+@cache
+def _principal(symbol: str) -> int:
+    return max((iso.abundance, a) for a, iso in ELEMENTS[symbol].isotopes.items())[1]
+
+
+def hill_order(symbols) -> list[str]:
+    """Elements in Hill order: C, H, then alphabetical (the order of labels)."""
+    symbols = set(symbols)
+    head = [s for s in ("C", "H") if s in symbols and "C" in symbols]
+    return head + sorted(symbols - set(head))
+
+
+def _log_multinomial(n: int, counts) -> float:
+    k = sum(counts)
+    return (math.lgamma(n + 1) - math.lgamma(n - k + 1)
+            - sum(math.lgamma(c + 1) for c in counts))
+
+
+def element_configs(element: ElementIsotopes, n: int, log_min: float) -> list[tuple]:
+    """Configurations of ``n`` atoms of one element with log ratio to the all-principal one of
+    at least ``log_min``: ``(counts, log_ratio, delta_mass)``, the all-principal one first.
+
+    Each count is bounded first by its own binomial, an upper bound of the multinomial (the
+    product of binomials is at least the multinomial), then the exact ratio decides.
+    """
+    r = element.log_ratio
+    if n == 0 or not r:
+        return [((0,) * len(r), 0.0, 0.0)]
+    ks = np.arange(n + 1)
+    lbin = [np.array([_log_multinomial(n, (k,)) for k in ks]) + ks * ri for ri in r]
+    best = [float(b.max()) for b in lbin]
+    allowed = [ks[b + (sum(best) - bi) >= log_min] for b, bi in zip(lbin, best, strict=True)]
+    out = []
+    for counts in itertools.product(*allowed):
+        if sum(counts) > n:
+            continue
+        lr = _log_multinomial(n, counts) + sum(c * ri for c, ri in zip(counts, r, strict=True))
+        if lr >= log_min:
+            out.append((tuple(int(c) for c in counts), lr,
+                        sum(c * d for c, d in zip(counts, element.delta_mass, strict=True))))
+    out.sort(key=lambda x: (sum(x[0]) > 0, x[0]))
+    return out
+
+
+@dataclass(frozen=True)
+class Isotopologues:
+    """The isotopologues of a set of ions (long format).
+
+    Attributes
+    ----------
+    ion : numpy.ndarray (int64)
+        The ion (row of the input counts) of each isotopologue; rows grouped by ion, each
+        ion's all-principal isotopologue (label 0) first.
+    delta_mass : numpy.ndarray
+        Mass above the ion's monoisotopic mass (u; negative for a lighter isotope).
+    log_abundance : numpy.ndarray
+        log of the abundance relative to the monoisotopic isotopologue.
+    nominal : numpy.ndarray (int64)
+        Neutrons added (the nominal mass shift, negative for a lighter isotope).
+    label : numpy.ndarray (int64)
+        Index into ``labels``; 0 is the monoisotopic one (``None``).
+    labels : tuple
+        ``None``, then texts such as ``"13C1"``, ``"13C1+18O1"``.
+    """
+
+    ion: np.ndarray
+    delta_mass: np.ndarray
+    log_abundance: np.ndarray
+    nominal: np.ndarray
+    label: np.ndarray
+    labels: tuple
+
+    def __len__(self) -> int:
+        return int(self.ion.size)
+
+
+def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3) -> Isotopologues:
+    """Every isotopologue of each ion above ``min_abundance`` of its monoisotopic one.
+
+    Parameters
+    ----------
+    counts : dict of str to numpy.ndarray
+        Atoms of each element in each ion (arrays of one length, non-negative integers).
+    min_abundance : float
+        Smallest abundance kept, relative to the monoisotopic isotopologue (in (0, 1]).
+    max_shift : int
+        Largest nominal mass shift kept (neutrons added or removed).
+
+    Returns
+    -------
+    Isotopologues
+    """
+    if not 0 < min_abundance <= 1:
+        raise ValueError("min_abundance must lie in (0, 1]")
+    n_ions = len(next(iter(counts.values()))) if counts else 0
+    log_min = math.log(min_abundance)
+    order = [s for s in hill_order(counts) if element_isotopes(s).log_ratio]
+    elements = [element_isotopes(s) for s in order]
+    tables = []
+    for el in elements:
+        n = np.asarray(counts[el.symbol], dtype=np.int64)
+        if (n < 0).any():
+            raise ValueError(f"negative count of {el.symbol}")
+        tables.append((el, n))
+    # Each element's configurations by atom count, pruned at the threshold less what the
+    # other elements could add; and, per ion, the most the elements after each one can add.
+    built = []
+    remaining = np.zeros((len(tables) + 1, n_ions))
+    for el, n in tables:
+        bound = log_min - _gain_bound(el, tables)
+        built.append({int(v): element_configs(el, int(v), bound) for v in np.unique(n)})
+    for e in range(len(tables) - 1, -1, -1):
+        best = np.zeros(int(tables[e][1].max()) + 1)
+        for v, cfgs in built[e].items():
+            best[v] = max(c[1] for c in cfgs)
+        remaining[e] = remaining[e + 1] + best[tables[e][1]]
+
+    ion = np.arange(n_ions, dtype=np.int64)
+    lr = np.zeros(n_ions)
+    dm = np.zeros(n_ions)
+    neutrons = np.zeros(n_ions, dtype=np.int64)
+    code = np.zeros(n_ions, dtype=np.int64)  # the row's label: digits of element configs
+    radix, digits = 1, []
+    for e, ((el, n), per) in enumerate(zip(tables, built, strict=True)):
+        flat = [cfg for v in sorted(per) for cfg in per[v]]
+        start = np.zeros(int(n.max()) + 2, dtype=np.int64)
+        for v in per:
+            start[v + 1] = len(per[v])
+        start = np.cumsum(start)
+        c_lr = np.array([c[1] for c in flat])
+        c_dm = np.array([c[2] for c in flat])
+        c_nt = np.array([sum(k * d for k, d in zip(c[0], el.neutrons, strict=True))
+                         for c in flat], dtype=np.int64)
+        # The same counts are one label whatever the atom count (0: all principal).
+        kinds = sorted({c[0] for c in flat}, key=lambda k: (sum(k) > 0, k))
+        local = {k: i for i, k in enumerate(kinds)}
+        c_kind = np.array([local[c[0]] for c in flat], dtype=np.int64)
+        # Every row times every configuration of this element for its ion's count.
+        lo, hi = start[n[ion]], start[n[ion] + 1]
+        size = hi - lo
+        rep = np.repeat(np.arange(ion.size), size)
+        pick = lo[rep] + np.arange(rep.size) - np.repeat(np.cumsum(size) - size, size)
+        new_lr = lr[rep] + c_lr[pick]
+        new_nt = neutrons[rep] + c_nt[pick]
+        keep = (new_lr + remaining[e + 1][ion[rep]] >= log_min) & (np.abs(new_nt) <= max_shift)
+        rep, pick = rep[keep], pick[keep]
+        ion, lr, dm, neutrons = ion[rep], new_lr[keep], dm[rep] + c_dm[pick], new_nt[keep]
+        code = code[rep] + radix * c_kind[pick]
+        digits.append((radix, [el.label(k) for k in kinds]))
+        radix *= len(kinds)
+        if radix > 2**62:
+            raise ValueError("too many isotope configurations to label")
+    # One label text per distinct code.
+    codes, inverse = np.unique(code, return_inverse=True)
+    names = []
+    for c in codes.tolist():
+        parts = [texts[(c // r) % len(texts)] for r, texts in digits]
+        names.append("+".join(t for t in parts if t) or None)
+    labels = sorted({t for t in names if t is not None}, key=_label_key)
+    index = {None: 0, **{t: i + 1 for i, t in enumerate(labels)}}
+    label = np.asarray([index[t] for t in names], dtype=np.int64)[inverse.ravel()]
+    rows = np.lexsort((label, ion))  # each ion's rows together, the monoisotopic one first
+    return Isotopologues(ion[rows], dm[rows], lr[rows], neutrons[rows], label[rows],
+                         (None, *labels))
+
+
+def _gain_bound(el: ElementIsotopes, tables) -> float:
+    """An upper bound of how much the other elements of any ion can raise a configuration's
+    log ratio: per element, the product of its isotopes' largest binomial ratios (which
+    bounds the multinomial) at its largest count (the ratios grow with the count)."""
+    total = 0.0
+    for other, n in tables:
+        if other.symbol != el.symbol and n.size:
+            m = int(n.max())
+            total += sum(max(_log_multinomial(m, (k,)) + k * r for k in range(m + 1))
+                         for r in other.log_ratio)
+    return total
+
+
+def _label_key(text: str):
+    """Labels sorted by their number of substitutions, then alphabetically."""
+    return (text.count("+"), text)
+
+
+def merge_unresolved(group: np.ndarray, mz: np.ndarray, log_abundance: np.ndarray,
+                     label: np.ndarray, tol_ppm: float):
+    """Merge the isotopologues of one ion whose m/z lie within ``tol_ppm`` of each other.
+
+    An instrument sees such a group as one peak: at the abundance-weighted mean m/z, with the
+    summed abundance, labelled as its most abundant member.
+
+    Parameters
+    ----------
+    group : numpy.ndarray (int64)
+        The ion of each isotopologue.
+    mz, log_abundance, label : numpy.ndarray
+    tol_ppm : float
+        Largest gap (ppm) between neighbours in m/z that an instrument cannot resolve.
+
+    Returns
+    -------
+    keep : numpy.ndarray (int64)
+        Row (of the input) that stands for each merged isotopologue: its most abundant member.
+    mz, log_abundance : numpy.ndarray
+        Of the merged isotopologues, in the order of ``keep``.
+
+    Examples
+    --------
+    >>> keep, mz, la = merge_unresolved(np.array([0, 0, 0]), np.array([100.0, 101.0, 101.00001]),
+    ...                                 np.log([1.0, 0.1, 0.01]), np.array([0, 1, 2]), 1.0)
+    >>> keep.tolist(), mz.round(6).tolist(), np.exp(la).round(3).tolist()
+    ([0, 1], [100.0, 101.000001], [1.0, 0.11])
+    """
+    order = np.lexsort((mz, group))
+    g, m = group[order], mz[order]
+    new = np.ones(order.size, dtype=bool)
+    new[1:] = (g[1:] != g[:-1]) | ((m[1:] - m[:-1]) > tol_ppm * 1e-6 * m[1:])
+    cluster = np.cumsum(new) - 1
+    n = int(cluster[-1]) + 1 if cluster.size else 0
+    w = np.exp(log_abundance[order])
+    total = np.bincount(cluster, weights=w, minlength=n)
+    mean_mz = np.bincount(cluster, weights=w * m, minlength=n) / total
+    # The most abundant member of each cluster (first among equals).
+    best = np.lexsort((-w, cluster))
+    first = np.ones(best.size, dtype=bool)
+    first[1:] = cluster[best][1:] != cluster[best][:-1]
+    keep = order[best[first]]
+    back = np.argsort(keep, kind="stable")
+    return keep[back], mean_mz[back], np.log(total)[back]
