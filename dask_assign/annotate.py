@@ -27,9 +27,10 @@ class SearchSpace:
 
     Built once on the client and sent to each worker once. Besides the ion columns (sorted
     by m/z), ``group_start`` and ``group_rows`` list each compound x adduct's isotopologues
-    (most abundant first; ``group_rows[group_start[g]:group_start[g + 1]]``), and
-    ``monoisotopic[c, a]`` is the row of compound ``c``'s monoisotopic ion of adduct ``a``
-    (-1 where it cannot form it): the lookups of the context pass.
+    (most abundant first; ``group_rows[group_start[g]:group_start[g + 1]]``) and
+    ``group_mono[g]`` its monoisotopic ion, and ``monoisotopic[c, a]`` is the row of compound
+    ``c``'s monoisotopic ion of adduct ``a`` (-1 where it cannot form it): the lookups of the
+    context pass.
     """
 
     mz: np.ndarray
@@ -43,6 +44,7 @@ class SearchSpace:
     group: np.ndarray
     group_start: np.ndarray
     group_rows: np.ndarray
+    group_mono: np.ndarray
     monoisotopic: np.ndarray
     compounds: pd.DataFrame
     adduct_names: tuple
@@ -81,9 +83,11 @@ class SearchSpace:
                        dtype=np.int64)
         m0 = np.flatnonzero(iso == 0)
         mono[compound[m0], adduct[m0]] = m0
+        group_mono = np.full(n_groups, -1, dtype=np.int64)
+        group_mono[group[m0]] = m0
         return cls(**columns, bins=MassBinIndex.build(columns["mz"], max_ppm),
                    group_start=start, group_rows=np.lexsort((-columns["log_abundance"], group)),
-                   monoisotopic=mono, **library)
+                   group_mono=group_mono, monoisotopic=mono, **library)
 
     def resolved(self, tol_ppm: float) -> SearchSpace:
         """The space as an instrument with this mass spread sees it: the isotopologues of one

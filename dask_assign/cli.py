@@ -13,10 +13,8 @@ from pathlib import Path
 
 from . import DEMO_DATA
 from .errors import InputError
+from .model import DEFAULT_MODEL
 from .output import FORMATS
-
-#: The shipped scorer model (``--model default``); see :mod:`dask_assign.model`.
-DEFAULT_MODEL = "default"
 
 log = logging.getLogger("dask_assign")
 

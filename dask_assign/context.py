@@ -60,10 +60,10 @@ from .annotate import (
 )
 from .calibration import prior_normaliser
 from .candidates import (
-    MassBinIndex,
     batches_by_pairs,
     range_join,
     rank_within_peak,
+    run_filling,
     window_bounds,
 )
 from .chem import C13_ABUNDANCE, C13_SPACING
@@ -94,6 +94,8 @@ NULL_13C = 2
 #: abundant of its compound and adduct; those predicted below the detection limit weigh
 #: nothing either way).
 SIBLINGS = 6
+# Peaks a partner search keeps per target (the nearest in RT).
+MAX_PARTNERS = 4
 #: Bins of the co-elution histograms of the adduct co-occurrence counts.
 CO_BINS = 20
 #: Pseudo-count (confident main-ion calls) pulling a measured adduct share toward the table's.
@@ -233,25 +235,70 @@ def stat_columns(n_adducts: int, n_labels: int) -> list[str]:
 
 
 class _BlockPeaks:
-    """A block's peaks sorted by m/z, for target searches (any co-eluting peak near a
-    predicted m/z)."""
+    """A block's peaks sorted by m/z, for target searches (co-eluting peaks near a predicted
+    m/z)."""
 
     def __init__(self, mz: np.ndarray, rt: np.ndarray, ppm: float):
         self.order = np.argsort(mz, kind="stable")
-        self.mz = torch.as_tensor(mz[self.order])
-        self.rt = torch.as_tensor(rt[self.order])
-        self.index = MassBinIndex.build(mz[self.order], ppm)
+        self.mz = np.ascontiguousarray(mz[self.order], dtype=np.float64)
+        self.rt = np.ascontiguousarray(rt[self.order], dtype=np.float64)
         self.ppm = ppm
 
     def find(self, target_mz: np.ndarray, target_rt: np.ndarray, rt_tol: float):
-        """(target, block row) of every peak within ``ppm`` of a target m/z and ``rt_tol``
-        of its RT, ordered by target."""
-        if target_mz.size == 0 or self.mz.numel() == 0:
+        """(target, block row) of the peaks within ``ppm`` of a target m/z and ``rt_tol`` of
+        its RT, ordered by target: at most ``MAX_PARTNERS`` per target, those nearest in RT.
+
+        The cap bounds the work where many peaks pile up at one m/z and RT (repeated
+        injections concatenated, a contaminant across a gradient): the evidence of a partner
+        cluster saturates after the first few peaks at its place."""
+        if target_mz.size == 0 or self.mz.size == 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
-        t, j = range_join(torch.as_tensor(target_mz), torch.as_tensor(target_rt), self.mz,
-                          self.rt, self.index, self.ppm, rt_tol)
-        return t.numpy(), self.order[j.numpy()]
+        k = self.ppm * 1e-6
+        tm = np.ascontiguousarray(target_mz, dtype=np.float64)
+        # |t - p| <= k p  <=>  t / (1 + k) <= p <= t / (1 - k)
+        lo = np.searchsorted(self.mz, tm / (1 + k), side="left")
+        hi = np.searchsorted(self.mz, tm / (1 - k), side="right")
+        t, j = run_filling(_capped_sweep, (tm, np.ascontiguousarray(target_rt, dtype=np.float64),
+                                           self.mz, self.rt, lo, hi, k, float(rt_tol),
+                                           MAX_PARTNERS),
+                           MAX_PARTNERS * tm.size, 2)
+        return t, self.order[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _capped_sweep(tm, trt, mz, rt, lo, hi, k, rt_tol, cap, out_t, out_j):
+    """Per target, the ``cap`` matches in ``[lo, hi)`` nearest in RT (ties: lower row)."""
+    best_d = np.empty(cap)
+    best_j = np.empty(cap, dtype=np.int64)
+    found = 0
+    for t in range(tm.size):
+        n = 0
+        for j in range(lo[t], hi[t]):
+            if abs(tm[t] - mz[j]) > k * mz[j]:
+                continue
+            d = abs(trt[t] - rt[j])
+            if not d <= rt_tol and not np.isnan(rt[j]):
+                continue
+            if np.isnan(d):
+                d = 0.0
+            if n == cap and d >= best_d[n - 1]:
+                continue
+            at = n if n < cap else cap - 1
+            while at > 0 and best_d[at - 1] > d:
+                best_d[at] = best_d[at - 1]
+                best_j[at] = best_j[at - 1]
+                at -= 1
+            best_d[at] = d
+            best_j[at] = j
+            if n < cap:
+                n += 1
+        for q in range(n):
+            if found < out_t.size:
+                out_t[found] = t
+                out_j[found] = best_j[q]
+            found += 1
+    return found
 
 
 def nearest_target(owner: np.ndarray, target_mz: np.ndarray, t: np.ndarray, j: np.ndarray,
@@ -957,7 +1004,7 @@ def sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     groups, first, count = np.unique(c_group, return_index=True, return_counts=True)
     g = np.searchsorted(groups, space.group[ions])
     start, size = first[g], count[g]
-    mono = space.monoisotopic[space.compound[ions], space.adduct[ions]]
+    mono = space.group_mono[space.group[ions]]
     mono_rep = np.where(mono >= 0, rep[by_row][np.searchsorted(
         rows[by_row], np.maximum(mono, 0))], -1)
     owner, cluster, taken = [], [], np.zeros(ions.size, dtype=np.int64)

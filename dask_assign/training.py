@@ -52,6 +52,8 @@ class LabeledRun:
         Whether each candidate is the peak's true ion.
     labeled : torch.Tensor (bool)
         Per peak: whether the truth covers it.
+    data_key : str, optional
+        A checksum of the run's peak table: two runs with one key are the same data.
     """
 
     name: str
@@ -59,6 +61,7 @@ class LabeledRun:
     features: PairFeatures
     right: torch.Tensor
     labeled: torch.Tensor
+    data_key: str | None = None
 
     @property
     def n_peaks(self) -> int:
@@ -134,11 +137,14 @@ def label_run(peaks, library, truth, config: AssignConfig, name: str = "") -> La
     at = np.where(labeled, at, 0).astype(np.int64)
     pair_peak, pair_ion = pi.numpy(), ii.numpy()
     right = _right_pairs(t, at[pair_peak], pair_ion, space) & labeled[pair_peak]
+    right = _nearest_right(right, pair_peak * len(space.compounds) + space.compound[pair_ion],
+                           feats.ppm_error.numpy() - feats.ppm_offset.numpy())
     if (~labeled).any():
         log.warning("%s: %d of %d peaks have no truth row; left out of training", name,
                     int((~labeled).sum()), labeled.size)
+    key = pd.util.hash_pandas_object(part[["peak_id", "mz", "rt"]], index=False).sum()
     return LabeledRun(name, calibration, feats, torch.as_tensor(right),
-                      torch.as_tensor(labeled))
+                      torch.as_tensor(labeled), str(int(key)))
 
 
 def _right_pairs(t: pd.DataFrame, row: np.ndarray, ion: np.ndarray, space) -> np.ndarray:
@@ -178,6 +184,21 @@ def _right_pairs(t: pd.DataFrame, row: np.ndarray, ion: np.ndarray, space) -> np
     return right
 
 
+def _nearest_right(right: np.ndarray, key: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """At most one right candidate per ``key`` (peak and compound): where two isotopologues
+    of the true ion add the same neutrons (13C1, 15N1), the one nearest in mass is the
+    peak's. A formula-level truth keeps one for each isomer of its formula."""
+    rows = np.flatnonzero(right)
+    if rows.size == 0:
+        return right
+    order = rows[np.lexsort((np.abs(error[rows]), key[rows]))]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    out = np.zeros_like(right)
+    out[order[first]] = True
+    return out
+
+
 def _adduct_key(name: str) -> str:
     """An adduct name as what it adds and removes, whatever its spelling (charge aside);
     '' for a text that names no adduct (a truth's ``none``)."""
@@ -186,6 +207,27 @@ def _adduct_key(name: str) -> str:
     except ValueError:
         return ""
     return f"{mult}M" + "".join(f"{el}{k:+d}" for el, k in atoms)
+
+
+def leave_one_out(runs: list[LabeledRun], held_out_only=None):
+    """Folds for leave-one-run-out evaluation: ``(held_out, training_runs)`` for each run
+    (or each run named in ``held_out_only``); a run is never among its own fold's training
+    runs, nor any run with its peaks (the same data under another name).
+
+    Examples
+    --------
+    >>> runs = [LabeledRun(n, None, None, torch.zeros(0, dtype=torch.bool),
+    ...         torch.zeros(0, dtype=torch.bool)) for n in "abc"]
+    >>> [(h.name, [r.name for r in t]) for h, t in leave_one_out(runs)]
+    [('a', ['b', 'c']), ('b', ['a', 'c']), ('c', ['a', 'b'])]
+    """
+    for held in runs:
+        if held_out_only is not None and held.name not in held_out_only:
+            continue
+        same = {id(held), getattr(held, "data_key", None)}
+        yield held, [r for r in runs if id(r) not in same
+                     and (getattr(r, "data_key", None) is None
+                          or r.data_key != getattr(held, "data_key", None))]
 
 
 def _tied_scorers(runs: list[LabeledRun], start: ScorerParams) -> list[PeakScorer]:

@@ -21,9 +21,13 @@ def library_frame(rows):
         f = parse_formula(formula)
         out.append({"compound_id": cid, "name": cid, "formula": f.formula,
                     "monoisotopic_mass": f.mass, "rt": rt, "charge": f.charge,
-                    **{f"n_{el}": f.count(el) for el in "CHNOSP"}})
-    return pd.DataFrame(out).astype({"compound_id": "string", "name": "string",
-                                     "formula": "string"})
+                    **{f"n_{el}": f.count(el) for el in "CHNOSP"},
+                    **{f"n_{el}": k for el, k in f.elements.items() if el.isalpha()}})
+    frame = pd.DataFrame(out).fillna({c: 0 for c in {k for r in out for k in r}
+                                      if c.startswith("n_")})
+    counts = [c for c in frame.columns if c.startswith("n_")]
+    return frame.astype({"compound_id": "string", "name": "string", "formula": "string",
+                         **{c: "int64" for c in counts}})
 
 
 @pytest.fixture(scope="session")

@@ -182,13 +182,14 @@ def test_annotation_survives_rt_drift(local_client, shift, slope):
     assert same >= 0.99
     assert evaluate(moved, truth)["overall"] >= evaluate(base, truth)["overall"] - 0.01
     if shift >= 1.5:
-        # Without the search, EM starts with RT windows as wide as the run and half of the
-        # library RTs taken to be off: it finds the map too, only later.
+        # Without the search, EM starts with RT windows as wide as the run's RT tail and
+        # half of the library RTs taken to be off: it may find the map (1.5 min) or settle
+        # short of it (3 min at slope 0.95: 0.74 overall). The search is never worse.
         no_search = assign(peaks.assign(rt=shift + slope * peaks["rt"]), lib,
                            AssignConfig(max_drift=0), client=local_client)
         with local_client.as_current():
-            assert evaluate(no_search.compute(), truth)["overall"] >= \
-                evaluate(base, truth)["overall"] - 0.02
+            assert evaluate(moved, truth)["overall"] >= \
+                evaluate(no_search.compute(), truth)["overall"] - 0.005
 
 
 def test_calibration_lowers_ece_on_the_demo(local_client):

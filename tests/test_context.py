@@ -197,3 +197,54 @@ def test_compiled_and_torch_isotope_odds_agree():
     assert torch.equal(fast.pair, slow.pair)
     np.testing.assert_allclose(fast.scored.prob, slow.scored.prob, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(fast.scored.p_null, slow.scored.p_null, rtol=1e-10, atol=1e-12)
+
+
+def test_adduct_shares_resist_chance_matches():
+    """Nine peaks in ten are unknown, half of them exactly at the [M+Na]+ m/z of a library
+    compound (at random RTs): counting matches would make [M+Na]+ twice as common as the
+    molecules. Counting only the [M+Na]+ ions that co-elute with a confident [M+H]+ call, in
+    excess of decoys, recovers the simulated share (0.3)."""
+    import dask
+
+    from dask_assign.pipeline import as_dask_frame, plan_run, prepare_library
+    from tests.simulate import library_and_run
+
+    rng = np.random.default_rng(2)
+    lib, peaks, truth = library_and_run(rng, n_lib=400, present=0.5, na_share=0.3,
+                                        unknown_share=0.9, decoy_at_na=0.5, heteroatoms=())
+    assert truth["compound_id"].isna().mean() == pytest.approx(0.9, abs=0.01)
+    config = AssignConfig(rt_unit="min", adducts=("[M+H]+", "[M+Na]+", "[M+K]+"))
+    library = lib.assign(formula=lib["formula"])
+    with dask.config.set(scheduler="synchronous"):
+        plan = plan_run(as_dask_frame(peaks, config), prepare_library(library_table(library),
+                                                                        config), config)
+    share = dict(zip(plan.space.adduct_names, plan.evidence.adduct_share, strict=True))
+    assert share["[M+Na]+"] == pytest.approx(0.3, abs=0.08)
+    assert share["[M+K]+"] < 0.02  # the simulation makes none
+    # What a count of matches would say: every library compound's [M+Na]+ m/z has a peak.
+    na = peaks["mz"].to_numpy()
+    assert (plan.calibration.log_adduct_priors[1] - plan.calibration.log_adduct_priors[0]
+            < np.log(0.5))
+    assert len(na) > 10_000
+
+
+def library_table(frame):
+    """A library frame as read_library gives it, from compound_id, name, formula, rt."""
+    return library_frame(list(zip(frame["compound_id"], frame["formula"], frame["rt"],
+                                  strict=True)))
+
+
+def test_context_leaves_an_unambiguous_call_alone():
+    """One candidate, right mass and RT: an intense peak with its 13C1 partner where its
+    formula puts it, and a weak one whose isotope partners fall below the detection limit,
+    keep their call and most of its probability after the context pass."""
+    mz0 = ion_mz(CAFFEINE, "[M+H]+")
+    lib = [("caffeine", CAFFEINE, RT)]
+    c13 = float(c13_abundances(np.array([8]), 1)[0, 1])
+    for peaks in ([("m0", mz0, RT, 1e6), ("m1", mz0 + C13_SPACING, RT + 0.001, 1e6 * c13)],
+                  [("m0", mz0, RT, 6e3)]):
+        first = annotate(lib, peaks, context=False)
+        ctx = annotate(lib, peaks)
+        assert first.loc["m0", "compound_id"] == ctx.loc["m0", "compound_id"] == "caffeine"
+        assert ctx.loc["m0", "prob"] >= first.loc["m0", "prob"] - 0.05
+        assert ctx.loc["m0", "p_null"] < 0.5

@@ -65,7 +65,7 @@ def test_package_paths_stay_in_the_package_data(tmp_path, text, message):
 
 def test_package_data_for_settings(tmp_path):
     job = load_job(_spec(tmp_path, DEMO_INPUTS + "out: r\nsettings:\n"
-                         "  adduct_table: package:adducts.tsv\n  model: package:model\n"))
+                         "  adduct_table: package:adducts.tsv\n  model: default\n"))
     assert job.config.adduct_table == str(package_data() / "adducts.tsv")
     assert job.config.scorer == load_job(_spec(tmp_path, DEMO_INPUTS + "out: r\n")).config.scorer
 

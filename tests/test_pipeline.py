@@ -293,3 +293,31 @@ def test_live_metrics_on_the_scheduler(local_client, tmp_path):
     assert grew("dask_assign_partitions_total") == summary["partitions"] == 4
     hist = sum(grew(f'dask_assign_confidence_total{{le="{k / 10:.1f}"}}') for k in range(1, 11))
     assert hist == summary["peaks"]
+
+
+def test_heavy_isotope_m2_peaks_of_a_fine_structure_run_are_called(local_client, tmp_path):
+    """A simulated run whose isotope peaks come from IsoSpecPy's fine structure (not from
+    dask-assign's own code): no 34S, 37Cl or 81Br M+2 peak is called "not in library" with a
+    probability above 0.9, and nearly all are called as their compound."""
+    pytest.importorskip("IsoSpecPy")
+    from tests.simulate import library_and_run
+
+    rng = np.random.default_rng(5)
+    lib, peaks, truth = library_and_run(rng, n_lib=300, present=0.5, na_share=0.3,
+                                        unknown_share=0.3)
+    lib.to_csv(tmp_path / "library.csv", index=False)
+    peaks.to_csv(tmp_path / "peaks.csv", index=False)
+    run(tmp_path / "peaks.csv", tmp_path / "library.csv", tmp_path / "out",
+        AssignConfig(rt_unit="min"), client=local_client)
+    a = pd.read_parquet(tmp_path / "out" / "assignments.parquet").merge(
+        truth, on="peak_id", suffixes=("", "_true"))
+    formula = dict(zip(lib["compound_id"], lib["formula"], strict=True))
+    heavy = a["compound_id_true"].map(lambda c: c is not None and any(
+        e in formula.get(c, "") for e in ("S", "Cl", "Br")))
+    m2 = a[heavy & (a["isotope_shift"] == 2)]
+    assert len(m2) > 300
+    assert not ((m2["compound_id"].isna()) & (m2["p_null"] > 0.9)).any()
+    assert (m2["compound_id"] == m2["compound_id_true"]).mean() > 0.97
+    # Every peak of the simulation (M+0 to M+6, both adducts) as its compound, nearly.
+    known = a[a["compound_id_true"].notna()]
+    assert (known["compound_id"] == known["compound_id_true"]).mean() > 0.97
