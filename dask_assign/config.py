@@ -119,7 +119,9 @@ class AssignConfig:
     isotope_min_abundance : float
         Smallest isotopologue searched, relative to its monoisotopic ion.
     isotope_merge_ppm : float
-        Isotopologues of one ion closer than this (ppm) are searched as one ion.
+        Isotopologues of one ion closer than this (ppm) are searched as one ion: closer than
+        the peak width of Orbitrap and TOF instruments, they are one centroid. The run merges
+        further, up to its fitted mass spread.
     k_first : int
         Candidates kept per peak in the first pass.
     k_max : int
@@ -186,7 +188,7 @@ class AssignConfig:
     library_rt_unit: str = "min"
     max_isotope: int = 10
     isotope_min_abundance: float = 1e-3
-    isotope_merge_ppm: float = 1.0
+    isotope_merge_ppm: float = 3.0
     k_first: int = 20
     k_max: int = 50
     overflow: str = "prefilter"

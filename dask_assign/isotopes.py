@@ -245,17 +245,25 @@ def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3)
         kinds = sorted({c[0] for c in flat}, key=lambda k: (sum(k) > 0, k))
         local = {k: i for i, k in enumerate(kinds)}
         c_kind = np.array([local[c[0]] for c in flat], dtype=np.int64)
-        # Every row times every configuration of this element for its ion's count.
-        lo, hi = start[n[ion]], start[n[ion] + 1]
+        # Every row times every configuration of this element for its ion's count. Rows
+        # without the element keep their one (all-principal, label digit 0) configuration
+        # and still pass the bound (``remaining`` gains nothing from a zero count).
+        has = n[ion] > 0
+        carry = np.flatnonzero(~has)
+        grow = np.flatnonzero(has)
+        lo, hi = start[n[ion[grow]]], start[n[ion[grow]] + 1]
         size = hi - lo
-        rep = np.repeat(np.arange(ion.size), size)
-        pick = lo[rep] + np.arange(rep.size) - np.repeat(np.cumsum(size) - size, size)
+        rep = np.repeat(grow, size)
+        pick = np.repeat(lo - (np.cumsum(size) - size), size) + np.arange(rep.size)
         new_lr = lr[rep] + c_lr[pick]
         new_nt = neutrons[rep] + c_nt[pick]
         keep = (new_lr + remaining[e + 1][ion[rep]] >= log_min) & (np.abs(new_nt) <= max_shift)
         rep, pick = rep[keep], pick[keep]
-        ion, lr, dm, neutrons = ion[rep], new_lr[keep], dm[rep] + c_dm[pick], new_nt[keep]
-        code = code[rep] + radix * c_kind[pick]
+        ion = np.concatenate([ion[carry], ion[rep]])
+        lr = np.concatenate([lr[carry], new_lr[keep]])
+        dm = np.concatenate([dm[carry], dm[rep] + c_dm[pick]])
+        neutrons = np.concatenate([neutrons[carry], new_nt[keep]])
+        code = np.concatenate([code[carry], code[rep] + radix * c_kind[pick]])
         digits.append((radix, [el.label(k) for k in kinds]))
         radix *= len(kinds)
         if radix > 2**62:
