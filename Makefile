@@ -48,12 +48,16 @@ openms-env: .venv-openms/bin/python
 bench-openms: venv openms-env
 	$(BIN)/python benchmarks/vs_pyopenms.py 1000 10000 100000
 
-# Side-by-side accuracy on the shared sets: dask-assign, a nearest-ion rule, IPA.
+# Speed against IPA on the shared sets and a 5k-peak set.
 bench-ipa: venv ipa-env
 	$(BIN)/python benchmarks/vs_ipa.py
 
+# Side by side on every labelled set (the two shared simulated sets, the isomer-crowded 0382
+# set made by benchmarks/crowded_set.py, the three real runs): dask-assign, --model none, each
+# set's m/z rule and IPA, same run (minutes). ARGS=--no-ipa leaves IPA out. PYTHONPATH: the
+# package of this checkout is measured, wherever the venv's editable install points.
 bench-accuracy: venv ipa-env
-	$(BIN)/python benchmarks/accuracy.py
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/accuracy.py $(ARGS)
 
 # Leave one run out: a scorer trained on all other real and simulated runs against the
 # generative scorer, on each real and shared run (needs ../shared). No trained model ships:
