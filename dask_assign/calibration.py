@@ -30,6 +30,7 @@ from .candidates import batches_by_pairs, range_join, window_bounds
 from .config import AssignConfig, Calibration, ScorerParams
 from .curves import Curve, curve_statistics, fit_curve, n_statistics
 from .errors import InputError
+from .isomer_rt import with_isomer_rt
 from .mass_search import mass_knots, mass_votes, offset_curve
 from .model import MODEL_FIELDS
 from .relations import DECOY_SHIFTS
@@ -472,7 +473,10 @@ def m_step(stats: dict, calibration: Calibration, config: AssignConfig,
     changes["null_prior"] = min(max(1.0 - changes["main_share"], 0.02), 0.98)
     if space is not None and len(space.mz):
         changes["log_enrichment"] = log_enrichment(stats, space, config, c)
-    return c.replace(**changes, iterations=c.iterations + 1)
+    new = c.replace(**changes, iterations=c.iterations + 1)
+    # Where the library's isomers say an unlisted one elutes, on the updated RT model: the
+    # next E-step credits matches there to isomers, not to library RTs that are off.
+    return with_isomer_rt(new, space) if space is not None and len(space.mz) else new
 
 
 def rt_mixture(stats: dict, c: Calibration) -> dict:

@@ -64,10 +64,10 @@ class ScorerParams:
         Added to every candidate's logit against the null (0 in the generative model).
     unlisted_prior : float
         Chance that a peak matching a library ion is an unlisted compound of the same formula
-        (an isomer missing from the library) that elutes anywhere in the run, where the
-        library gives no RT; against a library RT the share follows the RT's evidence
+        (an isomer missing from the library), where the library gives no RT; against a
+        library RT the share follows the RT's evidence
         (:meth:`~dask_assign.scoring.PeakScorer.isomer_odds`): an isomer explains a match
-        far from the compound's RT better than the compound itself.
+        where the library's isomers elute from each other better than the compound itself.
     """
 
     mass_offset_ppm: float = 0.0
@@ -81,7 +81,7 @@ class ScorerParams:
     mass_weight: float = 1.0
     rt_weight: float = 1.0
     bias: float = 0.0
-    unlisted_prior: float = 0.2
+    unlisted_prior: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -297,6 +297,10 @@ class Calibration:
     log_adduct_background : tuple of float, optional
         log of each adduct's background density beside its ions against the main adduct's
         (see :class:`~dask_assign.context.ContextModel`); ``None``: the same for all.
+    isomer_rt_knots, isomer_rt_log_density : tuple of float
+        Where an unlisted isomer of a candidate elutes: log density of its RT residual, a
+        curve learned from the library's isomer pairs (:mod:`dask_assign.isomer_rt`); empty:
+        anywhere in the run.
     iterations : int
         EM iterations run (0: defaults, not fitted).
     """
@@ -320,6 +324,8 @@ class Calibration:
     log_detect: float = float("-inf")
     log_adduct_priors: tuple | None = None
     log_adduct_background: tuple | None = None
+    isomer_rt_knots: tuple = ()
+    isomer_rt_log_density: tuple = ()
     iterations: int = 0
 
     def __post_init__(self):
@@ -329,6 +335,10 @@ class Calibration:
             raise ValueError("mass_knots and mass_offsets: the same length, at least 2")
         if len(self.rt_knots) != len(self.rt_values) or len(self.rt_knots) < 2:
             raise ValueError("rt_knots and rt_values: the same length, at least 2")
+        if len(self.isomer_rt_knots) != len(self.isomer_rt_log_density) or \
+                len(self.isomer_rt_knots) == 1:
+            raise ValueError("isomer_rt_knots and isomer_rt_log_density: the same length, "
+                             "none or at least 2")
 
     @property
     def mass_offset(self) -> Curve:
@@ -339,6 +349,12 @@ class Calibration:
     def rt_map(self) -> Curve:
         """Expected observed RT as a function of library RT."""
         return Curve(self.rt_knots, self.rt_values)
+
+    @property
+    def isomer_rt(self) -> Curve | None:
+        """log density of an unlisted isomer's RT residual (``None``: anywhere in the run)."""
+        return Curve(self.isomer_rt_knots, self.isomer_rt_log_density) \
+            if self.isomer_rt_knots else None
 
     @property
     def mass_offset_ppm(self) -> float:
@@ -378,4 +394,5 @@ class Calibration:
         return cls(**data)
 
 
-_CURVE_FIELDS = ("mass_knots", "mass_offsets", "rt_knots", "rt_values")
+_CURVE_FIELDS = ("mass_knots", "mass_offsets", "rt_knots", "rt_values", "isomer_rt_knots",
+                 "isomer_rt_log_density")

@@ -64,6 +64,7 @@ from .context import (
 )
 from .io import read_library, read_peaks
 from .ions import build_ions
+from .isomer_rt import with_isomer_rt
 from .mass_search import VOTE_COLUMNS as MASS_VOTE_COLUMNS
 from .mass_search import mz_edges
 
@@ -434,7 +435,8 @@ def plan_run(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     blocks = rt_blocks(ddf, config, n_blocks or ddf.npartitions)
     if evidence is None:  # fitted with the generative scorer, as the calibration is
         evidence = context_model(blocks, resolved, space_key, generative(config), calibration)
-    scoring = scoring_calibration(calibration, evidence, resolved, config)
+    scoring = with_isomer_rt(scoring_calibration(calibration, evidence, resolved, config),
+                             resolved)
     if n_blocks is None:
         n_blocks = plan_blocks(ddf, space_key, config, scoring, sample)
         if n_blocks != len(blocks):

@@ -57,6 +57,7 @@ class PeakScorer(torch.nn.Module):
         self.prior_odds = float(math.log((1 - c.null_prior) / c.null_prior) + c.log_volume
                                 - c.log_enrichment - c.log_prior_mass)
         self.log_rt_span = float(math.log(c.rt_span))
+        self.isomer_rt = c.isomer_rt
         self.intensity_center = float(c.log_intensity_center)
         self.intensity_scale = float(c.log_intensity_scale)
 
@@ -69,21 +70,30 @@ class PeakScorer(torch.nn.Module):
         return torch.where(torch.isnan(f.ion_rt), -self.log_rt_span,
                            self.rt_weight.to(dtype) * term)
 
+    def isomer_rt_term(self, f: PairFeatures) -> torch.Tensor:
+        """log density of each pair's RT residual for an unlisted isomer of the candidate:
+        the library's isomer model (:mod:`dask_assign.isomer_rt`), else uniform over the
+        run, which is also what it is where the library has no RT."""
+        uniform = torch.full_like(f.peak_rt, -self.log_rt_span)
+        if self.isomer_rt is None:
+            return uniform
+        lo, hi = self.isomer_rt.knots[0], self.isomer_rt.knots[-1]
+        residual = (f.peak_rt - f.expected_rt).clamp(lo, hi)
+        return torch.where(torch.isnan(f.ion_rt), uniform,
+                           self.isomer_rt(residual.nan_to_num(0.0)))
+
     def isomer_odds(self, f: PairFeatures, rt_term: torch.Tensor | None = None,
                     unlisted_prior=None) -> torch.Tensor:
         """log odds of "a compound of the same formula missing from the library" against
-        "this library compound", for each pair: the two explain the m/z alike, but only the
-        library compound is tied to its library RT; the isomer elutes anywhere in the run,
-        or (a share ``COELUTING_ISOMERS``: stereoisomers, close analogues) where the
-        compound does. Where the library has no RT the odds are
-        ``unlisted_prior / (1 - unlisted_prior)``."""
+        "this library compound", for each pair: the two explain the m/z alike, but the
+        library compound is tied to its library RT, while the isomer elutes where the
+        library's own isomers say isomers elute (:meth:`isomer_rt_term`). Where the library
+        has no RT the odds are ``unlisted_prior / (1 - unlisted_prior)``."""
         rt = self.rt_term(f) if rt_term is None else rt_term
         share = self.unlisted_prior if unlisted_prior is None else unlisted_prior
         log_odds = torch.log(torch.as_tensor(share, dtype=rt.dtype, device=rt.device)) \
             - torch.log1p(-torch.as_tensor(share, dtype=rt.dtype, device=rt.device))
-        anywhere = -self.log_rt_span - rt + math.log1p(-COELUTING_ISOMERS)
-        return log_odds + torch.logaddexp(anywhere, torch.full_like(rt, math.log(
-            COELUTING_ISOMERS)))
+        return log_odds + self.isomer_rt_term(f) - rt
 
     def forward(self, f: PairFeatures) -> torch.Tensor:
         """Logit of each pair against the null slot of its peak."""
@@ -108,9 +118,6 @@ def with_isomers(logit: torch.Tensor, isomer: torch.Tensor):
     return logit + torch.nn.functional.softplus(isomer), torch.sigmoid(-isomer)
 
 
-#: Share of unlisted isomers that elute with the library compound (stereoisomers, close
-#: analogues): no RT can tell those apart.
-COELUTING_ISOMERS = 0.1
 #: Share of true matches whose mass error is far beyond the run's spread (a weak peak, an
 #: interference, the edge of the calibrated range), and how much wider they spread.
 MASS_OUTLIERS = 0.02

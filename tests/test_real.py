@@ -23,10 +23,12 @@ REAL = SHARED / "real"
 SCORER = SHARED.parent / "tools" / "score.py"
 #: What each real run scores today (known_top1, unknown_null at least; ECE at most): a floor
 #: the suite holds, measured by benchmarks/accuracy.py (README).
+#: ECE on 153 peaks (E. coli negative) varies by sampling alone: a perfectly calibrated
+#: predictor with these probabilities scores 0.024 on average, 0.036 at the 95th percentile.
 FLOORS = {
-    "netid_hilic_neg": ("negative", 0.76, 0.97, 0.035),
+    "netid_hilic_neg": ("negative", 0.84, 0.97, 0.03),
     "ipa_ecoli_pos": ("positive", 0.92, 0.99, 0.03),
-    "ipa_ecoli_neg": ("negative", 0.92, 0.97, 0.035),
+    "ipa_ecoli_neg": ("negative", 0.92, 0.97, 0.04),
 }
 
 pytestmark = pytest.mark.skipif(not REAL.exists(), reason="needs ../shared (the real runs)")
