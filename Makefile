@@ -25,6 +25,7 @@ browser:
 	  echo "chromium not installed: the report's browser test is skipped outside CI"
 
 # --overwrite: a second `make demo` replaces the first one's result (only its own files).
+# It ends by printing the path of the report page (demo-output/report.html): open it in a browser.
 demo: venv
 	$(BIN)/dask-assign demo --overwrite
 

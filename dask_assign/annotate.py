@@ -305,7 +305,7 @@ ASSIGNMENT_DTYPES = {
     "p_null": "float64",
     "ppm_error": "float64", "rt_error": "float64", "n_candidates": "int64", "overflow": "bool",
     "refined": "bool", "n_partners": "int64", "context_changed": "bool", "mz": "float64",
-    "rt": "float64",
+    "rt": "float64", "intensity": "float64",
 }
 #: Columns and dtypes of the candidates table (one row per kept candidate).
 CANDIDATE_DTYPES = {
@@ -548,6 +548,8 @@ def to_tables(result: PartitionResult, space: SearchSpace):
         "context_changed": (np.zeros(n, dtype=bool) if result.changed is None
                             else result.changed.cpu().numpy()),
         "mz": result.peaks["mz"].cpu().numpy(), "rt": result.peaks["rt"].cpu().numpy(),
+        # As read (NaN where the table has none): the report sizes peaks by it.
+        "intensity": result.peaks["intensity"].cpu().numpy(),
     })
     labels = _labels(space, ion, ("compound_id",))
     candidates = pd.DataFrame({

@@ -256,7 +256,9 @@ def _demo(args) -> int:
     print(f"wall time        {time.perf_counter() - t0:.1f} s (cluster start included)")
     from .report import write_report
 
-    print(f"report           {write_report(out, truth=DEMO_DATA / 'truth.csv')}")
+    page = write_report(out, truth=DEMO_DATA / "truth.csv").resolve()
+    print(f"report page      {page}")
+    print(f"                 open it in a browser: {page.as_uri()} (it needs no network)")
     return 0
 
 
@@ -330,11 +332,15 @@ def _train(args, config, sets) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .report import MAX_POINTS, ReviewRule, write_report
 
+    rule = ReviewRule(*args.review) if args.review else ReviewRule()  # checked before any work
+    max_points = MAX_POINTS if args.max_points is None else args.max_points
+    if max_points < 1:
+        raise ValueError(f"--max-points: must be at least 1, not {max_points}")
     if args.truth:
         _readable(args.truth)
-    path = write_report(args.result, args.out, args.truth)
+    path = write_report(args.result, args.out, args.truth, rule=rule, max_points=max_points)
     print(f"report: {path}")
     return 0
 
@@ -391,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("result", help="output folder of a run")
     r.add_argument("--truth", help="truth table (peak_id, compound_id) for scores")
     r.add_argument("--out", help="HTML file (default RESULT/report.html)")
+    r.add_argument("--review", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                   help="the review queue takes calls with LOW <= probability < HIGH "
+                        "(default 0.2 0.9), besides isomer ties and overflow")
+    r.add_argument("--max-points", type=int,
+                   help="peaks drawn at most; beyond, the review queue's least certain (up "
+                        "to half), then a seeded sample of the rest (default 20000: "
+                        "dask_assign.report.MAX_POINTS)")
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=cmd_report)
     e = sub.add_parser("evaluate", help="score a result folder against a truth table")

@@ -105,12 +105,44 @@ def evaluate(assignments: pd.DataFrame, truth: pd.DataFrame, n_bins: int = 10) -
     out["balanced"] = round(float((correct[known].mean() + correct[~known].mean()) / 2), 4) \
         if known.any() and (~known).any() else float("nan")
     p, hit = c["prob"].to_numpy(), correct.astype(np.float64)
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    ece = sum((bins == b).mean() * abs(hit[bins == b].mean() - p[bins == b].mean())
-              for b in range(n_bins) if (bins == b).any())
-    out["ece"] = round(float(ece), 4)
+    bins = reliability_table(c, n_bins)
+    ece = float((bins["n"] / len(c) * (bins["accuracy"] - bins["mean_prob"]).abs()).sum())
+    out["ece"] = round(ece, 4)
     out["brier"] = round(float(np.mean((p - hit) ** 2)), 4)
     return out
+
+
+def reliability_table(graded: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
+    """The reliability diagram's bins: equal-width bins of ``prob``, the last one closed.
+
+    Parameters
+    ----------
+    graded : pandas.DataFrame
+        ``prob`` and ``correct`` per truth peak (:func:`correctness`).
+    n_bins : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per bin holding peaks: ``bin``, ``lo``, ``hi``, ``n``, ``mean_prob``,
+        ``accuracy``.
+
+    Examples
+    --------
+    >>> g = pd.DataFrame({"prob": [0.05, 0.95, 1.0, 0.9], "correct": [False, True, True, False]})
+    >>> reliability_table(g, 2)[["bin", "n", "accuracy"]].to_dict("list")
+    {'bin': [0, 1], 'n': [1, 3], 'accuracy': [0.0, 0.6666666666666666]}
+    """
+    p = graded["prob"].to_numpy(dtype=np.float64)
+    hit = graded["correct"].to_numpy(dtype=np.float64)
+    b = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    n = np.bincount(b, minlength=n_bins)
+    has = np.flatnonzero(n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(b, p, minlength=n_bins) / n
+        acc = np.bincount(b, hit, minlength=n_bins) / n
+    return pd.DataFrame({"bin": has, "lo": has / n_bins, "hi": (has + 1) / n_bins, "n": n[has],
+                         "mean_prob": mean_p[has], "accuracy": acc[has]})
 
 
 #: Upper edges of the m/z ranges of the breakdown.
@@ -170,13 +202,10 @@ def reliability_png(assignments: pd.DataFrame, truth: pd.DataFrame, path, n_bins
     import matplotlib.pyplot as plt
 
     check_own_file(path)  # before any work
-    c = correctness(assignments, truth)
-    p, hit = c["prob"].to_numpy(), c["correct"].to_numpy(dtype=float)
-    b = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    rows = [(p[b == k].mean(), hit[b == k].mean()) for k in range(n_bins) if (b == k).any()]
+    rows = reliability_table(correctness(assignments, truth), n_bins)
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
-    ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o")
+    ax.plot(rows["mean_prob"], rows["accuracy"], marker="o")
     ax.set(xlabel="predicted probability", ylabel="observed accuracy", xlim=(0, 1), ylim=(0, 1),
            title=f"Reliability (ECE {evaluate(assignments, truth, n_bins)['ece']})")
     try:

@@ -395,7 +395,7 @@ def write_mztab(folder, intensity: pd.DataFrame | None, space, config, inputs: d
         The run's (staging) folder, holding ``assignments.parquet`` and
         ``candidates.parquet``.
     intensity : pandas.DataFrame, optional
-        ``peak_id``, ``intensity`` of the peaks as read (the tables do not carry it).
+        ``peak_id``, ``intensity`` of the peaks as read.
     space : SearchSpace
         The run's ions (theoretical m/z, charges, neutral masses).
     config : AssignConfig

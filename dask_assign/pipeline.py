@@ -665,7 +665,7 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
             written = pd.concat(client.gather(futures), ignore_index=True)
         else:
             written = pd.concat(dask.compute(*summaries), ignore_index=True)
-        # The mzTab reports each peak's intensity, which the tables leave out.
+        # The mzTab reports each peak's intensity as read.
         intensity = _collect(ddf[["peak_id", "intensity"]]) if fmt == "mztab" else None
     output.combine_parts(staging, tables)
     if fmt == "mztab":

@@ -39,6 +39,9 @@ def test_demo_prints_summary_and_accuracy(tmp_path):
     for word in ("peaks            1119", "assigned", "not in library", "mean confidence",
                  "dashboard", "known_top1=", "overall=", "ece="):
         assert word in res.stdout
+    # The report page: written, and its path printed (what `make demo` shows).
+    page = (tmp_path / "demo" / "report.html").resolve()
+    assert f"report page      {page}\n" in res.stdout and page.stat().st_size > 1e6
 
 
 @pytest.mark.parametrize("make_input,expect", [

@@ -32,3 +32,8 @@ def test_notebook_runs(path, tmp_path):
                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "dashboard: http://127.0.0.1:" in text
     assert "'overall'" in text  # the evaluation cell printed its scores
+    if path.stem == "quickstart":  # the report's figures, shown, and its page written
+        kinds = {k for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                 for k in o.get("data", {})}
+        assert "application/vnd.bokehjs_exec.v0+json" in kinds, kinds
+        assert "report page: " in text and "calls to review" in text

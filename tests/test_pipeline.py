@@ -189,7 +189,7 @@ def test_output_folder_contents(local_client, tmp_path):
     assert list(a.columns) == ["peak_id", "compound_id", "name", "formula", "adduct",
                                "isotope", "prob", "p_formula", "p_null", "ppm_error",
                                "rt_error", "n_candidates", "overflow", "refined", "n_partners",
-                               "context_changed", "mz", "rt"]
+                               "context_changed", "mz", "rt", "intensity"]
     # Isotopologue labels name their substitutions (the demo's simulator makes 13C only, but
     # a peak may sit where another isotopologue would be).
     assert {"13C1", "13C2"} <= set(a["isotope"].dropna())
