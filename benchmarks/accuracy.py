@@ -205,7 +205,7 @@ def run_dask_assign(data: Path, work: Path, client, config=None,
     tag : str
         Output subfolder.
     """
-    from dask_assign.pipeline import run
+    from dask_assign.graph.run import run
 
     t = time.perf_counter()
     run(data / "peaks.csv", data / "library.csv", work / tag, config, client=client)
@@ -236,7 +236,7 @@ def nearest_ion_calls(peaks: pd.DataFrame, library: pd.DataFrame, mode: str, rul
     :data:`TIE_PPM` of the nearest count as tied; with an RT window the tie goes to the
     nearest library RT, otherwise to the first in library order.
     """
-    from dask_assign.adducts import builtin_adducts
+    from dask_assign.chemistry.adducts import builtin_adducts
 
     table = builtin_adducts(mode)
     mass = library["monoisotopic_mass"].to_numpy(float)
@@ -296,7 +296,11 @@ def ipa_adducts(mode: str, names=None) -> tuple[list[str], list[str]]:
     missing : list of str
         The dask-assign names that IPA's table lacks.
     """
-    from dask_assign.adducts import builtin_adducts, default_adduct_names, parse_adduct_name
+    from dask_assign.chemistry.adducts import (
+        builtin_adducts,
+        default_adduct_names,
+        parse_adduct_name,
+    )
 
     names = default_adduct_names(mode) if names is None else tuple(names)
     ours = builtin_adducts(mode)
@@ -423,7 +427,7 @@ def bench_set(spec: BenchSet, work: Path, client, with_ipa: bool,
     list of dict
     """
     from dask_assign.config import AssignConfig
-    from dask_assign.model import scorer_params
+    from dask_assign.scoring.model import scorer_params
 
     data = spec.folder(work)
     out = work / spec.name
@@ -498,7 +502,7 @@ def main():
     from crowded_set import make_crowded_set
 
     import dask_assign
-    from dask_assign.cluster import connect
+    from dask_assign.graph.cluster import connect
 
     chosen = [s for s in ALL_SETS if args.sets is None or s.name in args.sets]
     work = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))

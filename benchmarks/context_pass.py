@@ -26,18 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dask_assign.chem import C13_SPACING, c13_abundances
+from dask_assign.chemistry.formulas import C13_SPACING, c13_abundances
 from dask_assign.config import AssignConfig
-from dask_assign.io import read_peaks
-from dask_assign.pipeline import (
-    add_context,
-    calibrate,
-    context_model,
-    join_and_score,
-    prepare_library,
-    refine_partition,
-    rt_blocks,
-)
+from dask_assign.filtering.space import prepare_library
+from dask_assign.graph.plan import calibrate, context_model, rt_blocks
+from dask_assign.graph.tasks import add_context, join_and_score, refine_partition
+from dask_assign.io.peaks import read_peaks
 
 MASS = {"C": 12.0, "H": 1.00782503207, "N": 14.0030740048, "O": 15.99491461956}
 ADDUCTS = {"[M+H]+": (1.00727646688, 0.95, 1.0), "[M+Na]+": (22.98922070, 0.35, 0.15),

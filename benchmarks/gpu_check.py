@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def stages(ddf, space, config, calibration, model, device: str):
     """Run the pipeline's block stages in this process; per-stage seconds and the tables."""
-    from dask_assign.annotate import to_tables
-    from dask_assign.pipeline import add_context, join_and_score, refine_partition, rt_blocks
+    from dask_assign.graph.plan import rt_blocks
+    from dask_assign.graph.tasks import add_context, join_and_score, refine_partition
+    from dask_assign.scoring.tables import to_tables
 
     cfg = config.replace(device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -64,13 +65,9 @@ def stages(ddf, space, config, calibration, model, device: str):
 def fitted(peaks, library, config):
     import dask
 
-    from dask_assign.pipeline import (
-        as_dask_frame,
-        calibrate,
-        context_model,
-        prepare_library,
-        rt_blocks,
-    )
+    from dask_assign.filtering.space import prepare_library
+    from dask_assign.graph.plan import calibrate, context_model, rt_blocks
+    from dask_assign.graph.run import as_dask_frame
 
     with dask.config.set(scheduler="synchronous"):
         ddf = as_dask_frame(peaks, config)

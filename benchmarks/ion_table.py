@@ -29,7 +29,7 @@ import pandas as pd
 
 from dask_assign import DEMO_DATA, __version__
 from dask_assign.config import AssignConfig
-from dask_assign.pipeline import prepare_library
+from dask_assign.filtering.space import prepare_library
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "RepoRT"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dask_assign.candidates import MassBinIndex, range_join
+from dask_assign.filtering.join import MassBinIndex, range_join
 
 PPM, RTW = 10.0, 0.5
 REPEATS = 5

@@ -6,7 +6,7 @@ Every run with truth is labeled as ``dask-assign train`` labels it: the three re
 ``../shared/data/real`` (NetID's yeast run, ipaPy2's E. coli runs), the two shared simulated
 sets, and with ``--generated`` twelve sets made with ``../shared/tools/make_eval.py`` from RepoRT
 datasets 0187, 0382 and 0027. For each real and shared run, a model is trained on all the
-other runs (:func:`dask_assign.training.leave_one_out`: never on the run it is scored on) and
+other runs (:func:`dask_assign.training.fit.leave_one_out`: never on the run it is scored on) and
 the run is annotated with it and with the generative scorer, same cluster, same settings;
 ``score.py``'s numbers are printed side by side.
 
@@ -70,10 +70,10 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
 
-    from dask_assign.cluster import connect
     from dask_assign.config import AssignConfig, ScorerParams
-    from dask_assign.pipeline import run
-    from dask_assign.training import label_run, leave_one_out, train
+    from dask_assign.graph.cluster import connect
+    from dask_assign.graph.run import run
+    from dask_assign.training.fit import label_run, leave_one_out, train
 
     folders = {**{n: (SHARED / "data" / "real" / n, m) for n, m in REAL.items()},
                **{n: (SHARED / "data" / n, m) for n, m in SIMULATED.items()}}

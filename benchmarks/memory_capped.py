@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dask_assign.cluster import connect
 from dask_assign.config import AssignConfig
-from dask_assign.pipeline import run
+from dask_assign.graph.cluster import connect
+from dask_assign.graph.run import run
 
 DEMO = Path(__file__).resolve().parents[1] / "dask_assign" / "data" / "demo"
 

@@ -28,10 +28,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dask_assign.annotate import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES  # noqa: E402
 from dask_assign.config import Calibration  # noqa: E402
-from dask_assign.output import arrow_schema  # noqa: E402
+from dask_assign.output.tables import arrow_schema  # noqa: E402
 from dask_assign.report import load_result, write_report  # noqa: E402
+from dask_assign.scoring.tables import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES  # noqa: E402
 
 ADDUCTS = np.array(["[M+H]+", "[M+Na]+", "[M+NH4]+", "[M+K]+", "[M-H2O+H]+"], dtype=object)
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from dask_assign.scoring import segment_softmax
+from dask_assign.scoring.scorer import segment_softmax
 
 
 def padded_softmax(logits, segment, n, k):

@@ -41,7 +41,7 @@ def sets() -> list[tuple[str, Path]]:
 
 
 def main():
-    from dask_assign.cluster import connect
+    from dask_assign.graph.cluster import connect
 
     if not (ROOT / ".venv-ipa" / "bin" / "python").exists():
         raise SystemExit("IPA is not installed: make ipa-env first")
@@ -52,7 +52,7 @@ def main():
     try:
         # The workers' first run loads the compiled kernels (about 0.7 s): done once, untimed,
         # on the demo set, as a long-lived cluster would have done it already.
-        from dask_assign.pipeline import run
+        from dask_assign.graph.run import run
 
         demo = ROOT / "dask_assign" / "data" / "demo"
         t = time.perf_counter()

@@ -88,7 +88,7 @@ def openms_share() -> Path:
 
 def libraries(share: Path, work: Path):
     """The HMDB rows both tools read: a dask-assign library CSV and an OpenMS mapping file."""
-    from dask_assign.chem import parse_formula
+    from dask_assign.chemistry.formulas import parse_formula
 
     lines = (share / "HMDBMappingFile.tsv").read_text().splitlines()
     header, body = lines[:2], lines[2:]
@@ -115,7 +115,7 @@ def libraries(share: Path, work: Path):
 
 
 def features(lib: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    from dask_assign.adducts import select_adducts
+    from dask_assign.chemistry.adducts import select_adducts
 
     rng = np.random.default_rng(seed)
     adducts = select_adducts("positive", list(ADDUCTS))

@@ -7,10 +7,12 @@ that call, and the probability that the peak is none of the library's compounds.
 from importlib.metadata import version
 from pathlib import Path
 
+from dask_assign.graph.run import assign, candidates, run
+from dask_assign.io.library import read_library
+from dask_assign.io.peaks import load_peaks, read_peaks
+
 from .config import AssignConfig, Calibration, ScorerParams
 from .errors import InputError
-from .io import load_peaks, read_library, read_peaks
-from .pipeline import assign, candidates, run
 
 __version__ = version("dask-assign")
 #: The shipped demo set (RepoRT 0392; CC BY-SA 4.0): peaks.csv, library.csv, truth.csv.

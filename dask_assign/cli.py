@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from dask_assign.files import FORMATS
+from dask_assign.scoring.model import DEFAULT_MODEL
+
 from . import DEMO_DATA
 from .errors import InputError
-from .model import DEFAULT_MODEL
-from .output import FORMATS
 
 log = logging.getLogger("dask_assign")
 
@@ -88,8 +89,9 @@ def _add_tls_options(p):
 
 
 def _config(args):
+    from dask_assign.scoring.model import scorer_params
+
     from .config import AssignConfig, SettingError
-    from .model import scorer_params
 
     adducts = tuple(a for a in args.adducts.split(",")) if args.adducts else None
     try:
@@ -128,7 +130,7 @@ def _readable(path):
 
 def _run(args, peaks, library, out, config=None, columns=None, fmt=None, scheduler=None,
          workers=None) -> dict:
-    from .output import claim
+    from dask_assign.files import claim
 
     # Settings, inputs and the output folder are checked before any cluster starts.
     config = config or _config(args)
@@ -138,16 +140,17 @@ def _run(args, peaks, library, out, config=None, columns=None, fmt=None, schedul
 
 
 def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, workers) -> dict:
-    from .cluster import connect
-    from .io import read_peaks
-    from .output import input_path, remove_own_folder
-    from .pipeline import prepare_library, run
+    from dask_assign.files import input_path, remove_own_folder
+    from dask_assign.filtering.space import prepare_library
+    from dask_assign.graph.cluster import connect
+    from dask_assign.graph.run import run
+    from dask_assign.io.peaks import read_peaks
 
     columns = columns if columns is not None else args.columns
     space = prepare_library(library, config)
     gpu = config.device.startswith("cuda")
     if gpu:
-        from .cluster import require_cuda
+        from dask_assign.graph.cluster import require_cuda
 
         require_cuda()  # before any work
     workdir = input_path(out)
@@ -221,7 +224,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from .jobs import load_job
+    from dask_assign.graph.jobs import load_job
 
     job = load_job(args.job, allow=args.allow or ())
     summary = _run(args, job.peaks, job.library, job.out, config=job.config,
@@ -232,7 +235,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .output import claim
+    from dask_assign.files import claim
 
     with claim(args.out, overwrite=args.overwrite):  # the run and its report, together
         return _demo(args)
@@ -241,7 +244,8 @@ def cmd_demo(args) -> int:
 def _demo(args) -> int:
     import pandas as pd
 
-    from .evaluate import evaluate
+    from dask_assign.report.evaluate import evaluate
+
     from .report import read_table
 
     out = Path(args.out)
@@ -286,8 +290,8 @@ def _training_sets(args) -> list[tuple]:
 
 
 def cmd_train(args) -> int:
-    from .model import MODEL
-    from .output import claim
+    from dask_assign.files import claim
+    from dask_assign.scoring.model import MODEL
 
     config = _config(args)
     sets = _training_sets(args)
@@ -299,10 +303,11 @@ def cmd_train(args) -> int:
 def _train(args, config, sets) -> int:
     import datetime
 
+    from dask_assign.graph.cluster import connect
+    from dask_assign.scoring.model import MODEL_FIELDS, save_model
+    from dask_assign.training.fit import label_run, train
+
     from . import __version__
-    from .cluster import connect
-    from .model import MODEL_FIELDS, save_model
-    from .training import label_run, train
 
     address = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     client, cluster = connect(address, args.workers, security=_security(args))
@@ -348,8 +353,9 @@ def cmd_report(args) -> int:
 def cmd_evaluate(args) -> int:
     import pandas as pd
 
-    from .evaluate import breakdown, evaluate, reliability_png
-    from .output import check_own_file
+    from dask_assign.files import check_own_file
+    from dask_assign.report.evaluate import breakdown, evaluate, reliability_png
+
     from .report import read_table
 
     plot = check_own_file(Path(args.plot) if args.plot else Path(args.result) / "reliability.png")

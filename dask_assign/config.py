@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .curves import Curve
+from dask_assign.calibration.curves import Curve
 
 OVERFLOW_POLICIES = ("prefilter", "rounds", "flag")
 
@@ -37,7 +37,7 @@ class ScorerParams:
     likelihood of what was measured; the posterior is a softmax over the peak's candidates and
     the null slot. The defaults describe a typical high-resolution instrument and need no
     training, and are what :class:`AssignConfig` uses by default. A model trained with
-    ``dask-assign train`` (:mod:`dask_assign.model`, ``--model``) re-weighs the terms.
+    ``dask-assign train`` (:mod:`dask_assign.scoring.model`, ``--model``) re-weighs the terms.
 
     Attributes
     ----------
@@ -66,7 +66,7 @@ class ScorerParams:
         Chance that a peak matching a library ion is an unlisted compound of the same formula
         (an isomer missing from the library), where the library gives no RT; against a
         library RT the share follows the RT's evidence
-        (:meth:`~dask_assign.scoring.PeakScorer.isomer_odds`): an isomer explains a match
+        (:meth:`~dask_assign.scoring.scorer.PeakScorer.isomer_odds`): an isomer explains a match
         where the library's isomers elute from each other better than the compound itself.
     """
 
@@ -106,7 +106,7 @@ class AssignConfig:
         library RT mapped to this run, where the library has a retention time (compounds
         without one are not masked by RT). It only bounds the cost: the scorer weighs the RT
         through the run's fitted RT error model. ``None`` (the default) takes it from that
-        model (:func:`~dask_assign.calibration.candidate_rt_window`): wide where the run
+        model (:func:`~dask_assign.filtering.space.candidate_rt_window`): wide where the run
         shows library RTs minutes off, narrow where they hold.
     rt_unit : {"auto", "min", "s"}
         Unit of the peak table's retention times; ``auto`` infers it (and logs why).
@@ -137,7 +137,7 @@ class AssignConfig:
         Factor by which the refinement widens the ppm and RT windows.
     scorer : ScorerParams
         Weights of the scorer: the generative model of one peak by default, or a model
-        trained with ``dask-assign train`` (:func:`dask_assign.model.load_model`).
+        trained with ``dask-assign train`` (:func:`dask_assign.scoring.model.load_model`).
     calibrate : bool
         Fit the mass and RT error models and the null prior from the data (EM) before scoring.
     mass_search_ppm : float
@@ -163,7 +163,7 @@ class AssignConfig:
         Torch device of the scoring kernels (``cpu`` or ``cuda``).
     context : bool
         Run the context pass: re-weigh every peak's candidates by its co-eluting isotope and
-        adduct partners (:mod:`dask_assign.context`).
+        adduct partners (:mod:`dask_assign.context.evidence`).
     max_coelution : float
         Widest RT difference (minutes) between ions of one molecule that the context pass
         considers; the tolerance itself is fitted below it. Peaks are processed in RT blocks
@@ -262,7 +262,7 @@ class Calibration:
     ----------
     mass_knots, mass_offsets : tuple of float
         Systematic mass error (ppm) as a smooth curve of m/z: piecewise linear through
-        ``(mass_knots[i], mass_offsets[i])`` (see :class:`~dask_assign.curves.Curve`).
+        ``(mass_knots[i], mass_offsets[i])`` (see :class:`~dask_assign.calibration.curves.Curve`).
     mass_sigma_ppm : float
         Spread of the mass error around that curve (ppm).
     rt_knots, rt_values : tuple of float
@@ -296,10 +296,11 @@ class Calibration:
         the adduct table's priors.
     log_adduct_background : tuple of float, optional
         log of each adduct's background density beside its ions against the main adduct's
-        (see :class:`~dask_assign.context.ContextModel`); ``None``: the same for all.
+        (see :class:`~dask_assign.context.model.ContextModel`); ``None``: the same for all.
     isomer_rt_knots, isomer_rt_log_density : tuple of float
         Where an unlisted isomer of a candidate elutes: log density of its RT residual, a
-        curve learned from the library's isomer pairs (:mod:`dask_assign.isomer_rt`); empty:
+        curve learned from the library's isomer pairs
+        (:mod:`dask_assign.calibration.isomer_rt`); empty:
         anywhere in the run.
     iterations : int
         EM iterations run (0: defaults, not fitted).

@@ -14,7 +14,7 @@ SETS = ["repoRT_0392_rp_pos", "repoRT_0228_hilic_pos"]
 
 def library_frame(rows):
     """A library frame as read_library returns it, from (id, formula, rt) tuples."""
-    from dask_assign.chem import parse_formula
+    from dask_assign.chemistry.formulas import parse_formula
 
     out = []
     for cid, formula, rt in rows:
@@ -33,7 +33,7 @@ def library_frame(rows):
 @pytest.fixture(scope="session")
 def local_client():
     """A real LocalCluster of two worker processes, shared by the tests that need one."""
-    from dask_assign.cluster import connect
+    from dask_assign.graph.cluster import connect
 
     client, cluster = connect(workers=2)
     yield client
@@ -79,7 +79,7 @@ def big_peaks(tmp_path_factory):
 @pytest.fixture(scope="session")
 def undisturbed(big_peaks, tmp_path_factory, local_client):
     """The reference run on the big peak table: a LocalCluster, nothing going wrong."""
-    from dask_assign.pipeline import run
+    from dask_assign.graph.run import run
 
     out = tmp_path_factory.mktemp("ref") / "out"
     run(big_peaks, DEMO / "library.csv", out, BIG_CONFIG, client=local_client)

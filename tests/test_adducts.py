@@ -1,8 +1,8 @@
 import pytest
 
-from dask_assign.adducts import builtin_adducts, default_adduct_names, select_adducts
+from dask_assign.chemistry.adducts import builtin_adducts, default_adduct_names, select_adducts
+from dask_assign.chemistry.ions import build_ions
 from dask_assign.errors import InputError
-from dask_assign.ions import build_ions
 from tests.conftest import library_frame
 
 

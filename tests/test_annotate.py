@@ -5,11 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dask_assign.adducts import select_adducts
-from dask_assign.annotate import SearchSpace, annotate_partition
-from dask_assign.chem import parse_formula
+from dask_assign.chemistry.adducts import select_adducts
+from dask_assign.chemistry.formulas import parse_formula
+from dask_assign.chemistry.ions import build_ions
 from dask_assign.config import AssignConfig, Calibration
-from dask_assign.ions import build_ions
+from dask_assign.filtering.space import SearchSpace
+from dask_assign.scoring.passes import annotate_partition
 from tests.conftest import library_frame
 
 

@@ -16,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dask_assign.adducts import select_adducts
+from dask_assign.chemistry.adducts import select_adducts
 from dask_assign.config import AssignConfig, ScorerParams
 from dask_assign.errors import InputError
-from dask_assign.io import load_peaks, read_library, read_peaks
-from dask_assign.jobs import load_job
+from dask_assign.graph.jobs import load_job
+from dask_assign.io.library import read_library
+from dask_assign.io.peaks import load_peaks, read_peaks
 from tests.conftest import DEMO
 
 HEAD = "peak_id,mz,rt,intensity\n"
@@ -240,7 +241,7 @@ def test_cli_refuses_bad_peaks_without_output(tmp_path, case, name, content, exp
 
 
 def test_rt_unit_mismatch_is_refused(tmp_path, local_client):
-    from dask_assign.pipeline import run
+    from dask_assign.graph.run import run
 
     peaks = pd.read_csv(DEMO / "peaks.csv")
     peaks["rt"] *= 60  # seconds, but declared minutes
@@ -351,7 +352,7 @@ def test_errors_of_the_os_and_of_decompressors_name_the_file():
 
 
 def test_a_folder_where_a_file_is_expected(tmp_path):
-    from dask_assign.training import read_truth
+    from dask_assign.training.fit import read_truth
 
     folder = tmp_path / "tables"
     folder.mkdir()

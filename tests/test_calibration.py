@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dask_assign.adducts import select_adducts
-from dask_assign.annotate import SearchSpace, candidate_rt_window
-from dask_assign.calibration import em_statistics, fit_calibration, peak_summary, run_context
+from dask_assign.calibration.em import em_statistics, fit_calibration
+from dask_assign.calibration.peaks import peak_summary, run_context
+from dask_assign.chemistry.adducts import select_adducts
+from dask_assign.chemistry.ions import build_ions
 from dask_assign.config import AssignConfig
-from dask_assign.ions import build_ions
+from dask_assign.filtering.space import SearchSpace, candidate_rt_window
 from tests.conftest import library_frame
 
 
@@ -94,7 +95,8 @@ def test_mass_search_finds_an_offset_beyond_the_window(rng):
     and the fitted curve is within 1 ppm of the truth over the data."""
     import dask
 
-    from dask_assign.pipeline import as_dask_frame, calibrate
+    from dask_assign.graph.plan import calibrate
+    from dask_assign.graph.run import as_dask_frame
 
     def bent(mz):
         return np.where(mz < 300, -15.0 + 15.0 * (mz - 100) / 200, 0.0)
@@ -135,7 +137,7 @@ def test_em_keeps_defaults_when_nothing_matches(rng):
 
 
 def test_drift_votes_find_the_map(rng):
-    from dask_assign.calibration import drift_from_votes, drift_votes
+    from dask_assign.calibration.drift import drift_from_votes, drift_votes
 
     peaks, space, config = simulate(rng, shift=2.4, slope=1.06, rt_sd=0.03)
     votes = drift_votes(peaks, space, config, fraction=1.0)
@@ -153,7 +155,7 @@ def test_drift_votes_find_the_map(rng):
 
 def test_drift_vote_kernels_agree(rng):
     """The compiled loop (CPU) and the torch version (CUDA) count the same votes."""
-    from dask_assign.calibration import drift_votes
+    from dask_assign.calibration.drift import drift_votes
 
     peaks, space, config = simulate(rng, shift=1.2, slope=0.97, rt_sd=0.05)
     loop = drift_votes(peaks, space, config, 1.0, kernel="numba")
@@ -167,8 +169,8 @@ def test_drift_vote_kernels_agree(rng):
 def test_annotation_survives_rt_drift(local_client, shift, slope):
     """Library and run RTs apart by minutes: the drift search recentres the RT window, so
     the calls stay those of the undrifted run."""
-    from dask_assign.evaluate import evaluate
-    from dask_assign.pipeline import assign
+    from dask_assign.graph.run import assign
+    from dask_assign.report.evaluate import evaluate
     from tests.conftest import DEMO
 
     peaks = pd.read_csv(DEMO / "peaks.csv")
@@ -193,8 +195,8 @@ def test_annotation_survives_rt_drift(local_client, shift, slope):
 
 
 def test_calibration_lowers_ece_on_the_demo(local_client):
-    from dask_assign.evaluate import evaluate
-    from dask_assign.pipeline import assign
+    from dask_assign.graph.run import assign
+    from dask_assign.report.evaluate import evaluate
     from tests.conftest import DEMO
 
     truth = pd.read_csv(DEMO / "truth.csv", dtype=str)
@@ -213,8 +215,8 @@ def test_library_without_rt(local_client, tmp_path):
     Every call then keeps the unlisted-isomer share (``unlisted_prior``) on the null:
     without RTs no peak can tell a library compound from an isomer missing from the
     library, so the calls' probabilities stop at ``1 - unlisted_prior``."""
-    from dask_assign.evaluate import evaluate
-    from dask_assign.pipeline import assign
+    from dask_assign.graph.run import assign
+    from dask_assign.report.evaluate import evaluate
     from tests.conftest import DEMO
 
     path = tmp_path / "library_no_rt.csv"
@@ -240,7 +242,9 @@ def test_calibration_fits_the_generative_model_whatever_scores_the_run():
     import dask
 
     from dask_assign.config import ScorerParams
-    from dask_assign.pipeline import as_dask_frame, calibrate, prepare_library
+    from dask_assign.filtering.space import prepare_library
+    from dask_assign.graph.plan import calibrate
+    from dask_assign.graph.run import as_dask_frame
     from tests.conftest import DEMO
 
     odd = ScorerParams(mass_weight=3.0, bias=-4.0, count_weight=-2.0, unlisted_prior=0.3)

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_assign.candidates import MassBinIndex, range_join, rank_within_peak
+from dask_assign.filtering.join import MassBinIndex, range_join, rank_within_peak
 
 
 def brute_force(peak_mz, peak_rt, ion_mz, ion_rt, ppm, rtw):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from dask_assign.adducts import builtin_adducts
-from dask_assign.chem import C13_SPACING, c13_abundances, contains, parse_formula
+from dask_assign.chemistry.adducts import builtin_adducts
+from dask_assign.chemistry.formulas import C13_SPACING, c13_abundances, contains, parse_formula
 
 # Hand-computed from IUPAC monoisotopic masses: C 12, H 1.00782503207, O 15.99491461956,
 # Na 22.9897692809, electron 0.00054857990946.

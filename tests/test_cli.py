@@ -86,7 +86,7 @@ def test_submit_job_spec(tmp_path):
 
 
 def test_shipped_demo_job_spec_loads():
-    from dask_assign.jobs import load_job
+    from dask_assign.graph.jobs import load_job
 
     root = DEMO.parents[2]
     job = load_job(root / "jobs" / "demo.yaml", allow=[root])
@@ -98,7 +98,7 @@ def test_shipped_demo_job_spec_loads():
 @pytest.fixture(scope="module")
 def result(local_client, tmp_path_factory):
     """A real result of the demo set."""
-    from dask_assign.pipeline import run
+    from dask_assign.graph.run import run
 
     out = tmp_path_factory.mktemp("cli") / "result"
     run(DEMO / "peaks.csv", DEMO / "library.csv", out, client=local_client)
@@ -162,7 +162,7 @@ def test_a_folder_of_the_users_survives_every_command(result, tmp_path, cli_main
 
 @pytest.mark.slow
 def test_overwrite_replaces_only_the_files_dask_assign_wrote(result, tmp_path):
-    from dask_assign.output import lock_path, replaced_path
+    from dask_assign.files import lock_path, replaced_path
     from dask_assign.report import write_report
 
     out = tmp_path / "result"

@@ -8,12 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from dask_assign.adducts import select_adducts
-from dask_assign.annotate import SearchSpace, first_pass, second_pass, to_tables
-from dask_assign.chem import C13_SPACING, c13_abundances, parse_formula
+from dask_assign.chemistry.adducts import select_adducts
+from dask_assign.chemistry.formulas import C13_SPACING, c13_abundances, parse_formula
+from dask_assign.chemistry.ions import build_ions
 from dask_assign.config import AssignConfig, Calibration, ScorerParams
-from dask_assign.context import ContextModel, apply_context, context_stats, fit_context
-from dask_assign.ions import build_ions
+from dask_assign.context.evidence import apply_context
+from dask_assign.context.model import ContextModel, fit_context
+from dask_assign.context.stats import context_stats
+from dask_assign.filtering.space import SearchSpace
+from dask_assign.scoring.passes import first_pass, second_pass
+from dask_assign.scoring.tables import to_tables
 from tests.conftest import library_frame
 
 ADDUCTS = ("[M+H]+", "[M+Na]+", "[M+NH4]+")
@@ -180,7 +184,8 @@ def small_space():
 def test_compiled_and_torch_isotope_odds_agree():
     """The CPU loop and the torch version (the CUDA path) give the same probabilities."""
     from dask_assign import DEMO_DATA
-    from dask_assign.io import load_peaks, read_library
+    from dask_assign.io.library import read_library
+    from dask_assign.io.peaks import load_peaks
 
     config = AssignConfig(calibrate=False)
     lib = read_library(DEMO_DATA / "library.csv")
@@ -206,7 +211,9 @@ def test_adduct_shares_resist_chance_matches():
     excess of decoys, recovers the simulated share (0.3)."""
     import dask
 
-    from dask_assign.pipeline import as_dask_frame, plan_run, prepare_library
+    from dask_assign.filtering.space import prepare_library
+    from dask_assign.graph.plan import plan_run
+    from dask_assign.graph.run import as_dask_frame
     from tests.simulate import library_and_run
 
     rng = np.random.default_rng(2)

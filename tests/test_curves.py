@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from dask_assign.curves import Curve, _increasing, curve_statistics, fit_curve, knot_grid
+from dask_assign.calibration.curves import (
+    Curve,
+    _increasing,
+    curve_statistics,
+    fit_curve,
+    knot_grid,
+)
 
 
 def stats(x, y, w, knots):

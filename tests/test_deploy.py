@@ -74,7 +74,7 @@ def test_compose_cluster_runs_a_submitted_job_like_a_local_cluster(big_peaks, un
             except OSError:
                 time.sleep(0.5)
         assert client is not None
-        from dask_assign.cluster import WORKER_MALLOC
+        from dask_assign.graph.cluster import WORKER_MALLOC
 
         seen = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC})
         assert list(seen.values()) == [WORKER_MALLOC, WORKER_MALLOC]

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dask_assign.evaluate import breakdown, correctness, evaluate, reliability_png
+from dask_assign.report.evaluate import breakdown, correctness, evaluate, reliability_png
 
 A = pd.DataFrame({"peak_id": ["1", "2", "3", "4"], "compound_id": ["A", "B", None, "C"],
                   "prob": [0.9, 0.6, 0.8, 0.7], "formula": ["C6H12O6", "C2H6O", None, "CH4"],

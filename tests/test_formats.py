@@ -12,7 +12,9 @@ import pytest
 
 from dask_assign.config import AssignConfig
 from dask_assign.errors import InputError
-from dask_assign.io import find_header, head_lines, load_peaks, read_library
+from dask_assign.io.library import read_library
+from dask_assign.io.peaks import find_header, load_peaks
+from dask_assign.io.tables import head_lines
 from tests import make_format_fixtures as fx
 from tests.conftest import DEMO, SHARED
 
@@ -114,7 +116,7 @@ def test_an_explicit_mapping_overrides_the_layout():
 
 @pytest.fixture(scope="module")
 def plain_calls(local_client, tmp_path_factory):
-    from dask_assign.pipeline import run
+    from dask_assign.graph.run import run
 
     out = tmp_path_factory.mktemp("plain") / "out"
     run(DEMO / "peaks.csv", DEMO / "library.csv", out, AssignConfig(), client=local_client)
@@ -132,7 +134,7 @@ def test_each_export_gives_the_calls_of_the_plain_table(name, demo, plain_calls,
                                                         tmp_path):
     """Must show: >= 98% the same calls (compound, adduct, isotope; or none) as the plain CSV,
     joined by the tool's own ids; no column mapping, no --rt-unit."""
-    from dask_assign.pipeline import run
+    from dask_assign.graph.run import run
 
     _, ids, _ = demo
     run(fx.OUT / name, DEMO / "library.csv", tmp_path / "out", AssignConfig(),

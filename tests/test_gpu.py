@@ -9,8 +9,8 @@ import dask
 import numpy as np
 import pytest
 
-from dask_assign.cluster import cuda_devices
 from dask_assign.config import AssignConfig
+from dask_assign.graph.cluster import cuda_devices
 from tests.conftest import DEMO
 
 needs_gpu = pytest.mark.skipif(cuda_devices() == 0, reason="no CUDA device (device query)")
@@ -28,17 +28,11 @@ def test_gpu_flag_without_a_device_fails_before_any_work(tmp_path):
 
 
 def _annotate(device):
-    from dask_assign.annotate import to_tables
-    from dask_assign.pipeline import (
-        add_context,
-        as_dask_frame,
-        calibrate,
-        context_model,
-        join_and_score,
-        prepare_library,
-        refine_partition,
-        rt_blocks,
-    )
+    from dask_assign.filtering.space import prepare_library
+    from dask_assign.graph.plan import calibrate, context_model, rt_blocks
+    from dask_assign.graph.run import as_dask_frame
+    from dask_assign.graph.tasks import add_context, join_and_score, refine_partition
+    from dask_assign.scoring.tables import to_tables
 
     config = AssignConfig()
     with dask.config.set(scheduler="synchronous"):

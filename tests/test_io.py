@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from dask_assign.errors import InputError
-from dask_assign.io import load_peaks, read_library, read_peaks
+from dask_assign.io.library import read_library
+from dask_assign.io.peaks import load_peaks, read_peaks
 
 
 @pytest.mark.parametrize("header,unit,rt_scale", [

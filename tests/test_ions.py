@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dask_assign.adducts import read_adducts, select_adducts
-from dask_assign.annotate import SearchSpace
-from dask_assign.ions import build_ions
+from dask_assign.chemistry.adducts import read_adducts, select_adducts
+from dask_assign.chemistry.ions import build_ions
+from dask_assign.filtering.space import SearchSpace
 from tests.conftest import library_frame
 
 H, CL35, CL37, E = 1.00782503207, 34.968852682, 36.965902602, 0.00054857990946

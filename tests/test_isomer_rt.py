@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from dask_assign.config import Calibration, ScorerParams
-from dask_assign.features import PairFeatures
-from dask_assign.isomer_rt import (
+from dask_assign.calibration.isomer_rt import (
     PRIOR_COMPOUNDS,
     isomer_rt_curve,
     isomer_rt_differences,
     with_isomer_rt,
 )
-from dask_assign.scoring import PeakScorer
+from dask_assign.config import Calibration, ScorerParams
+from dask_assign.scoring.features import PairFeatures
+from dask_assign.scoring.scorer import PeakScorer
 
 
 def test_pair_differences_against_brute_force(rng):

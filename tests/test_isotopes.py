@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from molmass import ELEMENTS, Formula
 
-from dask_assign.isotopes import (
+from dask_assign.chemistry.isotopes import (
     element_isotopes,
     isotopologues,
     label_shift,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from dask_assign.errors import InputError
-from dask_assign.jobs import load_job, package_data
+from dask_assign.graph.jobs import load_job, package_data
 from tests.conftest import DEMO
 from tests.test_cli import cli
 

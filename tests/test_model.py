@@ -9,7 +9,7 @@ import torch
 
 from dask_assign.config import AssignConfig, ScorerParams
 from dask_assign.errors import InputError
-from dask_assign.model import (
+from dask_assign.scoring.model import (
     MODEL_FIELDS,
     WEIGHTS_FILE,
     load_model,
@@ -25,7 +25,7 @@ TRAINED = ScorerParams(mass_weight=1.3, rt_weight=1.7, adduct_weight=1.5, isotop
 
 
 def test_round_trip_gives_identical_probabilities(tmp_path, local_client):
-    from dask_assign.pipeline import assign
+    from dask_assign.graph.run import assign
 
     path = save_model(TRAINED, tmp_path / "model", {"note": "hand-set weights"})
     umask = os.umask(0)
@@ -88,7 +88,7 @@ def test_a_bad_model_file_is_named(tmp_path, damage, expect):
 def test_saving_is_atomic(tmp_path, monkeypatch):
     """A failure while writing leaves the old model in place and no staging folder."""
     path = save_model(TRAINED, tmp_path / "model")
-    import dask_assign.model as model
+    import dask_assign.scoring.model as model
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

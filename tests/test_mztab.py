@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dask_assign.isotopes import label_shift
+from dask_assign.chemistry.isotopes import label_shift
 from tests.conftest import DEMO, SHARED
 from tests.test_cli import cli
 
@@ -140,7 +140,7 @@ def test_features_are_the_called_peaks_field_by_field(tab, export):
 
 
 def test_evidence_is_the_candidates_field_by_field(tab, export):
-    from dask_assign.io import read_library
+    from dask_assign.io.library import read_library
 
     a = pd.read_parquet(export / "assignments.parquet")
     cands = pd.read_parquet(export / "candidates.parquet")
@@ -190,7 +190,7 @@ def test_evidence_is_the_candidates_field_by_field(tab, export):
 
 
 def test_small_molecules_are_the_called_compounds(tab, export):
-    from dask_assign.io import read_library
+    from dask_assign.io.library import read_library
 
     a = pd.read_parquet(export / "assignments.parquet")
     called = a[a["compound_id"].notna()]
@@ -218,7 +218,7 @@ def test_small_molecules_are_the_called_compounds(tab, export):
 
 
 def test_mztab_in_a_job_spec(tmp_path):
-    from dask_assign.jobs import load_job
+    from dask_assign.graph.jobs import load_job
 
     (tmp_path / "job.yaml").write_text("peaks: package:demo/peaks.csv\n"
                                        "library: package:demo/library.csv\nout: r\n"

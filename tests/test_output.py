@@ -17,10 +17,23 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from dask_assign import output
 from dask_assign.config import AssignConfig
 from dask_assign.errors import InputError
-from dask_assign.pipeline import run
+from dask_assign.files import (
+    BUSY,
+    LOCK_TEXT,
+    OWN_MARKER,
+    claim,
+    fresh_own_folder,
+    is_marked,
+    is_own_folder,
+    lock_path,
+    replaced_path,
+    result_files,
+    staging_path,
+)
+from dask_assign.graph.run import run
+from dask_assign.output.tables import commit
 from tests.conftest import DEMO
 
 matplotlib.use("Agg")
@@ -100,14 +113,16 @@ def kill_driver(cases: str, old: str, new: str, exchange: str):
     stage the new one beside it, and commit in a forked process killed at its k-th change."""
     cases, old, new = Path(cases), Path(old), Path(new)
     if exchange == "no":  # a kernel or filesystem without renameat2(RENAME_EXCHANGE)
-        output._exchange = lambda a, b: False
+        import dask_assign.files
+
+        dask_assign.files._exchange = lambda a, b: False
     manifest = json.loads((new / "manifest.json").read_text())
     del manifest["files"]
     for k in range(1, 1000):
         case = cases / f"{k:03d}"
         out = case / "out"
         shutil.copytree(old, out, symlinks=True)
-        staging = output.fresh_own_folder(output.staging_path(out))
+        staging = fresh_own_folder(staging_path(out))
         for f in os.listdir(new):
             if f not in ("manifest.json", "_SUCCESS"):
                 shutil.copy2(new / f, staging / f)
@@ -125,7 +140,7 @@ def kill_driver(cases: str, old: str, new: str, exchange: str):
 
             try:
                 sys.addaudithook(hook)
-                output.commit(staging, out, manifest)
+                commit(staging, out, manifest)
             except BaseException:
                 import traceback
 
@@ -163,23 +178,23 @@ def test_a_kill_at_any_step_of_the_commit_leaves_the_old_or_the_new_result(resul
         got = state(out)
         if got is None:  # killed between the two renames of the fallback: nothing at out...
             assert exchange == "no"
-            assert state(output.replaced_path(out)) == old_state  # ...but the old one whole
+            assert state(replaced_path(out)) == old_state  # ...but the old one whole
         else:
             assert got in (old_state, new_state), case.name
         seen.append("old" if got == old_state else "new" if got == new_state else "moved")
         if (case / "completed").exists():
             assert got == new_state
         # The next command on out finishes the commit's leftovers and leaves the result.
-        with output.claim(out, overwrite=True):
+        with claim(out, overwrite=True):
             pass
         after = state(out)
         assert after == (old_state if got is None else got)
         assert os.stat(out / "notes.txt").st_ino == int((case / "inode").read_text())
-        assert not output.replaced_path(out).exists()
-        assert not output.lock_path(out).exists()
-        staging = output.staging_path(out)
-        assert not staging.exists() or output.is_own_folder(staging)
-        output.fresh_own_folder(staging)  # what the next run does with its own staging
+        assert not replaced_path(out).exists()
+        assert not lock_path(out).exists()
+        staging = staging_path(out)
+        assert not staging.exists() or is_own_folder(staging)
+        fresh_own_folder(staging)  # what the next run does with its own staging
         assert state(out) == after
     # Killed before the switch, after it, and (fallback) between its two renames.
     assert {"old", "new"} <= set(seen) and len(seen) > 15, seen
@@ -244,7 +259,7 @@ def test_refusals_name_the_path_and_write_nothing(results, tmp_path, case, make,
     make = {"earlier": _earlier(results), "clash": _clash(results)}.get(make, make)
     make(out)
     before = tree(tmp_path)
-    with pytest.raises(InputError) as err, output.claim(out, overwrite=overwrite):
+    with pytest.raises(InputError) as err, claim(out, overwrite=overwrite):
         pytest.fail("claimed")
     text = str(err.value)
     assert text.startswith(str(tmp_path / named) + ": ") and message in text, text
@@ -256,9 +271,9 @@ def test_an_earlier_result_may_be_claimed_with_overwrite(results, tmp_path):
     out = tmp_path / "out"
     _earlier(results)(out)
     before = tree(tmp_path)
-    with output.claim(out, overwrite=True) as claimed:
-        assert claimed == out and output.lock_path(out).exists()
-    assert tree(tmp_path) == before and not output.lock_path(out).exists()
+    with claim(out, overwrite=True) as claimed:
+        assert claimed == out and lock_path(out).exists()
+    assert tree(tmp_path) == before and not lock_path(out).exists()
 
 
 def test_the_manifest_lists_the_files_and_older_results_are_recognised(results, tmp_path):
@@ -266,19 +281,19 @@ def test_the_manifest_lists_the_files_and_older_results_are_recognised(results, 
     for folder in (old, new):
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["files"] == sorted(os.listdir(folder))
-        assert output.result_files(folder) == set(os.listdir(folder))
+        assert result_files(folder) == set(os.listdir(folder))
     legacy = tmp_path / "legacy"  # a result written before the manifest listed its files
     shutil.copytree(old, legacy)
     manifest = json.loads((legacy / "manifest.json").read_text())
     del manifest["files"]
     (legacy / "manifest.json").write_text(json.dumps(manifest))
     add_user_files(legacy)
-    assert output.result_files(legacy) == set(os.listdir(old))
+    assert result_files(legacy) == set(os.listdir(old))
     # A manifest never names a file outside its folder.
     manifest["files"] = ["../old/notes.txt", "/etc/passwd", "assignments.parquet"]
     (legacy / "manifest.json").write_text(json.dumps(manifest))
-    assert output.result_files(legacy) == {"assignments.parquet", "manifest.json", "_SUCCESS"}
-    assert output.result_files(tmp_path) is None
+    assert result_files(legacy) == {"assignments.parquet", "manifest.json", "_SUCCESS"}
+    assert result_files(tmp_path) is None
 
 
 # The lock -------------------------------------------------------------------------------
@@ -286,14 +301,14 @@ def test_the_manifest_lists_the_files_and_older_results_are_recognised(results, 
 def test_the_lock_admits_one_command_and_is_removed_after(tmp_path):
     out = tmp_path / "out"
     refused = []
-    with output.claim(out):
-        with output.claim(out):  # the same thread again (the CLI, then its pipeline)
+    with claim(out):
+        with claim(out):  # the same thread again (the CLI, then its pipeline)
             pass
-        assert output.lock_path(out).exists()
+        assert lock_path(out).exists()
 
         def other():
             try:
-                with output.claim(out):
+                with claim(out):
                     pass
             except InputError as err:
                 refused.append(str(err))
@@ -301,26 +316,26 @@ def test_the_lock_admits_one_command_and_is_removed_after(tmp_path):
         thread = threading.Thread(target=other)
         thread.start()
         thread.join()
-    assert refused == [f"{out}: {output.BUSY}"]
+    assert refused == [f"{out}: {BUSY}"]
     assert os.listdir(tmp_path) == []
 
 
 def test_a_stale_lock_is_reused_and_a_file_of_the_users_is_not(tmp_path):
     out = tmp_path / "out"
-    output.lock_path(out).write_bytes(output.LOCK_TEXT)  # left by a killed command
-    with output.claim(out):
+    lock_path(out).write_bytes(LOCK_TEXT)  # left by a killed command
+    with claim(out):
         pass
     assert os.listdir(tmp_path) == []
-    output.lock_path(out).write_text("my own file, oddly named")
-    with pytest.raises(InputError, match="was not made by dask-assign"), output.claim(out):
+    lock_path(out).write_text("my own file, oddly named")
+    with pytest.raises(InputError, match="was not made by dask-assign"), claim(out):
         pass
-    assert output.lock_path(out).read_text() == "my own file, oddly named"
+    assert lock_path(out).read_text() == "my own file, oddly named"
 
 
 # The package's working folders and single files -----------------------------------------
 
 def test_read_peaks_empties_only_its_own_workdir(tmp_path):
-    from dask_assign.io import read_peaks
+    from dask_assign.io.peaks import read_peaks
 
     work = tmp_path / "work"
     work.mkdir()
@@ -331,27 +346,27 @@ def test_read_peaks_empties_only_its_own_workdir(tmp_path):
     (work / "data.csv").unlink()
     assert len(read_peaks(DEMO / "peaks.csv", workdir=work, partition_size=400)) == 1119
     first = sorted(os.listdir(work))
-    assert output.OWN_MARKER in first and "part.00002.parquet" in first
+    assert OWN_MARKER in first and "part.00002.parquet" in first
     read_peaks(DEMO / "peaks.csv", workdir=work)  # its own: emptied and written again
-    assert sorted(os.listdir(work)) == [output.OWN_MARKER, "part.00000.parquet"]
+    assert sorted(os.listdir(work)) == [OWN_MARKER, "part.00000.parquet"]
 
 
 def test_single_files_are_replaced_only_when_the_package_wrote_them(results, tmp_path):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from dask_assign.evaluate import reliability_png
     from dask_assign.report import write_report
+    from dask_assign.report.evaluate import reliability_png
 
     old, _ = results
     page = write_report(old, tmp_path / "r.html")
-    assert output.is_marked(page)
+    assert is_marked(page)
     write_report(old, page)  # an earlier report: replaced
     a = pd.read_parquet(old / "assignments.parquet")
     truth = pd.read_csv(DEMO / "truth.csv", dtype=str)
     png = tmp_path / "r.png"
     reliability_png(a, truth, png)
-    assert output.is_marked(png)
+    assert is_marked(png)
     reliability_png(a, truth, png)
     fig, ax = plt.subplots()
     fig.savefig(tmp_path / "mine.png")  # a plot of the user's: no mark

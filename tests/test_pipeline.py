@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dask_assign.cluster import connect
+from dask_assign.chemistry.isotopes import label_shift
 from dask_assign.config import AssignConfig
-from dask_assign.evaluate import evaluate
-from dask_assign.isotopes import label_shift
-from dask_assign.pipeline import assign, run
+from dask_assign.graph.cluster import connect
+from dask_assign.graph.run import assign, run
+from dask_assign.report.evaluate import evaluate
 from tests.conftest import DEMO, SETS, SHARED
 
 NUMERIC = ["prob", "p_null", "ppm_error", "rt_error"]
@@ -68,23 +68,23 @@ def test_smaller_samples_are_taken_from_the_calibration_sample(monkeypatch, rng)
     import dask
     import dask.dataframe as dd
 
-    from dask_assign import pipeline
+    from dask_assign.graph import plan, tasks
 
-    monkeypatch.setattr(pipeline, "EM_SAMPLE", 1000)
-    monkeypatch.setattr(pipeline, "SAMPLE_PARTITION", 300)
+    monkeypatch.setattr(plan, "EM_SAMPLE", 1000)
+    monkeypatch.setattr(plan, "SAMPLE_PARTITION", 300)
     n = 5000
     peaks = pd.DataFrame({"peak_id": [f"p{i}" for i in range(n)],
                           "mz": rng.uniform(100, 900, n), "rt": rng.uniform(0, 15, n),
                           "intensity": rng.uniform(1e4, 1e6, n)})
     ddf = dd.from_pandas(peaks, npartitions=5)
     with dask.config.set(scheduler="synchronous"):
-        sample = pipeline.peak_sample(ddf, n)
+        sample = plan.peak_sample(ddf, n)
         assert sample.npartitions == 4  # regrouped: fewer, fuller EM tasks
         ids = set(sample.compute()["peak_id"])
         assert 800 < len(ids) < 1200
         for fraction in (0.05, 0.1):
-            small = sample.map_partitions(pipeline.sample_peaks, fraction, meta=sample._meta)
-            full = ddf.map_partitions(pipeline.sample_peaks, fraction, meta=ddf._meta)
+            small = sample.map_partitions(tasks.sample_peaks, fraction, meta=sample._meta)
+            full = ddf.map_partitions(tasks.sample_peaks, fraction, meta=ddf._meta)
             got, want = set(small.compute()["peak_id"]), set(full.compute()["peak_id"])
             assert got == want and 100 < len(got) < len(ids)
 
@@ -112,7 +112,7 @@ def test_crowded_runs_get_more_blocks_and_the_same_result(local_client, tmp_path
 
 
 def test_local_cluster_workers_get_the_malloc_settings(local_client):
-    from dask_assign.cluster import WORKER_MALLOC
+    from dask_assign.graph.cluster import WORKER_MALLOC
 
     seen = local_client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC})
     assert len(seen) == 2

@@ -16,7 +16,7 @@ import pytest
 from molmass import Formula
 
 from dask_assign.config import AssignConfig
-from dask_assign.pipeline import run
+from dask_assign.graph.run import run
 from tests.conftest import SHARED
 
 REAL = SHARED / "real"

@@ -4,9 +4,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_assign.adducts import builtin_adducts
-from dask_assign.chem import C13_SPACING
-from dask_assign.relations import ADDUCT, DECOY, ISOTOPE, RelationMaps, find_relations
+from dask_assign.chemistry.adducts import builtin_adducts
+from dask_assign.chemistry.formulas import C13_SPACING
+from dask_assign.context.relations import ADDUCT, DECOY, ISOTOPE, RelationMaps, find_relations
 
 GLUCOSE = 180.06338810418  # C6H12O6, monoisotopic
 

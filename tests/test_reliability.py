@@ -11,10 +11,10 @@ import time
 import pandas as pd
 import pytest
 
-from dask_assign.cluster import connect
 from dask_assign.config import AssignConfig
 from dask_assign.errors import InputError
-from dask_assign.pipeline import run
+from dask_assign.graph.cluster import connect
+from dask_assign.graph.run import run
 from tests.conftest import BIG_CONFIG, DEMO, read
 
 CONFIG = BIG_CONFIG
@@ -77,7 +77,7 @@ def test_interrupted_cli_run_resumes_to_identical_output(big_peaks, undisturbed,
 
 
 def test_resume_refuses_other_settings(local_client, tmp_path):
-    from dask_assign.output import open_staging
+    from dask_assign.output.tables import open_staging
 
     out = tmp_path / "out"
     open_staging(out, {"inputs": "other"})  # an interrupted run of other inputs
@@ -95,10 +95,11 @@ def test_small_batches_same_result(local_client, tmp_path):
 
 
 def test_peak_with_thousands_of_candidates_is_bounded(tmp_path):
-    from dask_assign.adducts import select_adducts
-    from dask_assign.annotate import SearchSpace, annotate_partition
+    from dask_assign.chemistry.adducts import select_adducts
+    from dask_assign.chemistry.ions import build_ions
     from dask_assign.config import Calibration
-    from dask_assign.ions import build_ions
+    from dask_assign.filtering.space import SearchSpace
+    from dask_assign.scoring.passes import annotate_partition
     from tests.conftest import library_frame
 
     lib = library_frame([(f"c{i:04d}", "C10H16N2O3", 1 + (i % 100) / 10) for i in range(3000)])

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from dask_assign.config import AssignConfig
-from dask_assign.output import is_marked
-from dask_assign.pipeline import run
+from dask_assign.files import is_marked
+from dask_assign.graph.run import run
 from dask_assign.report import (
     ReviewRule,
     figures,

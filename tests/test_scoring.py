@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dask_assign.config import Calibration, ScorerParams
-from dask_assign.features import PairFeatures
-from dask_assign.scoring import PeakScorer, get_scorer, logsumexp_rounds, segment_softmax
+from dask_assign.scoring.features import PairFeatures
+from dask_assign.scoring.scorer import PeakScorer, get_scorer, logsumexp_rounds, segment_softmax
 
 
 def random_segments(n_pairs=500, n_seg=120, seed=0):

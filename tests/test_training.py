@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dask_assign.annotate import candidate_rt_window
 from dask_assign.config import AssignConfig, ScorerParams
 from dask_assign.errors import InputError
-from dask_assign.training import L2_PULL, LEARNED_WEIGHTS, label_run, read_truth, run_nll, train
+from dask_assign.filtering.space import candidate_rt_window
+from dask_assign.scoring.scorer import LEARNED_WEIGHTS
+from dask_assign.training.fit import L2_PULL, label_run, read_truth, run_nll, train
 from tests.conftest import DEMO, SHARED
 
 HILIC = SHARED / "repoRT_0228_hilic_pos"
@@ -59,7 +60,7 @@ def test_training_finds_the_maximum_likelihood(hilic_run):
     its loss is below the generative scorer's; a run given twice trains the same weights."""
     params, report = train([hilic_run])
     assert report["log_loss_after"] < report["log_loss_before"]
-    from dask_assign.training import _tied_scorers
+    from dask_assign.training.fit import _tied_scorers
 
     scorer = _tied_scorers([hilic_run], params)[0]
     raw = torch.tensor(np.log(params.unlisted_prior / (1 - params.unlisted_prior)),
@@ -98,7 +99,7 @@ def test_train_then_run_with_the_model(tmp_path):
     res = cli("train", "--set", DEMO, "--out", model, "--workers", "2", "--model", "none")
     assert res.returncode == 0, res.stderr
     assert "log loss before" in res.stdout and (model / "weights.safetensors").exists()
-    from dask_assign.model import load_model, model_info
+    from dask_assign.scoring.model import load_model, model_info
 
     info = model_info(model)
     assert info["training"]["trained_on"][0]["name"] == "demo"
@@ -122,7 +123,7 @@ def test_leave_one_out_never_trains_on_the_scored_run(hilic_run):
     again under another name; each run is held out once."""
     import dataclasses
 
-    from dask_assign.training import leave_one_out
+    from dask_assign.training.fit import leave_one_out
 
     twin = dataclasses.replace(hilic_run, name="0228 again")
     other = dataclasses.replace(hilic_run, name="other", data_key="another table")

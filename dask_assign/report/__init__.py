@@ -6,8 +6,15 @@ read a result for the figures (:mod:`.data`), which are one function each in
 :mod:`.figures`; the review queue's rule is :mod:`.review`.
 """
 
-from .data import MAX_POINTS, QUEUE_SHARE, ReportData, load_result, prepare, read_table
-from .figures import (
+from dask_assign.report.data import (
+    MAX_POINTS,
+    QUEUE_SHARE,
+    ReportData,
+    load_result,
+    prepare,
+    read_table,
+)
+from dask_assign.report.figures import (
     Sources,
     adduct_counts,
     calls_table,
@@ -20,8 +27,8 @@ from .figures import (
     rt_residual,
     run_map,
 )
-from .page import build_layout, page_html, write_report
-from .review import ReviewRule, coeluting_partners, review_queue
+from dask_assign.report.page import build_layout, page_html, write_report
+from dask_assign.report.review import ReviewRule, coeluting_partners, review_queue
 
 __all__ = ["MAX_POINTS", "QUEUE_SHARE", "ReportData", "ReviewRule", "Sources", "adduct_counts",
            "build_layout", "calls_table", "coeluting_partners", "confidence_histogram",

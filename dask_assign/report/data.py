@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import AssignConfig, Calibration
-from .review import ReviewRule, coeluting_partners, doubt_reasons, review_queue
+from dask_assign.config import AssignConfig, Calibration
+from dask_assign.report.review import ReviewRule, coeluting_partners, doubt_reasons, review_queue
 
 #: Peaks drawn and listed on the page at most (see the module's docstring).
 MAX_POINTS = 20_000
@@ -106,9 +106,9 @@ class ReportData:
         The result's manifest (empty for frames).
     graded : pandas.DataFrame or None
         Per truth peak: ``known``, ``correct``, ``prob``
-        (:func:`~dask_assign.evaluate.correctness`).
+        (:func:`~dask_assign.report.evaluate.correctness`).
     scores : dict or None
-        :func:`~dask_assign.evaluate.evaluate` against the truth.
+        :func:`~dask_assign.report.evaluate.evaluate` against the truth.
     title : str
     max_points : int
     """
@@ -156,7 +156,7 @@ class ReportData:
         Sources
             Pass it to every figure function whose views should be linked.
         """
-        from .figures import Sources
+        from dask_assign.report.figures import Sources
 
         return Sources.of(self)
 
@@ -280,7 +280,7 @@ def prepare(assignments: pd.DataFrame, candidates: pd.DataFrame,
     -------
     ReportData
     """
-    from ..evaluate import correctness, evaluate
+    from dask_assign.report.evaluate import correctness, evaluate
 
     if max_points < 1:
         raise ValueError(f"max_points: must be at least 1, not {max_points}")

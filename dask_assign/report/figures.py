@@ -49,8 +49,8 @@ from bokeh.models import (
 from bokeh.palettes import Greys256
 from bokeh.plotting import figure
 
-from .data import CATEGORIES, COLOURS, ReportData
-from .review import REASONS
+from dask_assign.report.data import CATEGORIES, COLOURS, ReportData
+from dask_assign.report.review import REASONS
 
 #: Bins of the confidence histogram.
 CONFIDENCE_BINS = 20
@@ -385,7 +385,7 @@ def confidence_histogram(data: ReportData, sources: Sources | None = None):
 def reliability_diagram(data: ReportData, sources: Sources | None = None):
     """Observed accuracy against predicted probability, against the truth.
 
-    The bins are :func:`dask_assign.evaluate.reliability_table`'s (those of the ECE).
+    The bins are :func:`dask_assign.report.evaluate.reliability_table`'s (those of the ECE).
 
     Parameters
     ----------
@@ -404,7 +404,7 @@ def reliability_diagram(data: ReportData, sources: Sources | None = None):
     ValueError
         Without a truth table.
     """
-    from ..evaluate import reliability_table
+    from dask_assign.report.evaluate import reliability_table
 
     if data.graded is None:
         raise ValueError("the reliability diagram needs a truth table (load_result(truth=...))")

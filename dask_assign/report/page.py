@@ -13,12 +13,12 @@ from bokeh.layouts import column, row
 from bokeh.models import Div, TabPanel, Tabs
 from bokeh.resources import INLINE
 
-from . import figures as F
-from .data import MAX_POINTS, ReportData, load_result
-from .review import ReviewRule
+from dask_assign.report import figures as F
+from dask_assign.report.data import MAX_POINTS, ReportData, load_result
+from dask_assign.report.review import ReviewRule
 
 #: The page's template (bokeh's standalone page, extended): the package's mark comes first in
-#: the head, where :func:`dask_assign.output.is_marked` looks for it, before bokeh's scripts.
+#: the head, where :func:`dask_assign.files.is_marked` looks for it, before bokeh's scripts.
 TEMPLATE = """
 {% block preamble %}{{ mark }}
 <style>
@@ -140,7 +140,7 @@ def page_html(data: ReportData) -> str:
     -------
     str
     """
-    from ..output import HTML_MARK
+    from dask_assign.files import HTML_MARK
 
     return file_html(build_layout(data), resources=INLINE,
                      title=f"dask-assign report: {Path(data.title).name or 'result'}",
@@ -173,7 +173,7 @@ def write_report(result_dir, out=None, truth=None, rule: ReviewRule | None = Non
     Path
         The page written.
     """
-    from ..output import check_own_file, replace_own_file
+    from dask_assign.files import check_own_file, replace_own_file
 
     folder = Path(result_dir)
     target = check_own_file(Path(out) if out else folder / "report.html")  # before any work

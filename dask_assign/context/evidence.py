@@ -1,0 +1,555 @@
+"""The context pass: co-eluting peaks that are other ions of the same molecule.
+
+One molecule makes several peaks at one retention time: its isotopologues (13C, 15N, 18O,
+34S, 37Cl, ...), other adducts, in-source losses. A peak alone may be ambiguous ([M+Na]+ of
+one compound against [M+H]+ of another, an 18O peak against the monoisotopic peak of a
+heavier compound); its co-eluting partners usually are not.
+
+For every hypothesis about a peak (each candidate, and each label "ion (adduct, 13C count) of a
+molecule not in the library" that the null slot stands for) the pass asks which partner ions
+that hypothesis predicts and whether they are there:
+
+* a candidate's isotopologue siblings (its monoisotopic ion, and the most abundant others of
+  its compound and adduct) at the m/z and intensity ratio its formula predicts, from the ion
+  table; a label's 13C partners from the typical carbon count of its mass;
+* the other adducts of the same molecule (:mod:`dask_assign.context.relations` maps m/z to m/z).
+
+A partner found multiplies the hypothesis' odds by ``d q / rho + (1 - d)``, where ``d`` is the
+chance the partner is detected if the hypothesis holds, ``rho`` the chance that a peak lies in
+the partner's window by accident (measured with decoy mass differences), and ``q`` how well
+the partner fits (m/z, RT, intensity ratio) against a random peak; a partner missing
+multiplies them by ``1 - d``. So an 18O peak whose monoisotopic peak is missing, or an acetate
+adduct without its molecule's main ion, loses its support, while a main ion with no partner
+loses little.
+
+What the pass assumes of the run is fitted from the run (:func:`fit_context`, from sums over
+RT blocks): the co-elution spread (13C pairs against decoys), the accident rate, the detection
+limit, how often a molecule shows each adduct besides its main one (co-eluting pairs of
+confident main-ion calls, against decoys: chance matches cannot inflate it), how often an
+isotope partner is detected, and the share of unexplained peaks that are noise rather than
+unknown molecules.
+
+A peak's result depends only on its own candidates and on the peaks within the co-elution
+tolerance, so blocks of peaks by RT with a halo that wide give the same result whatever the
+number of blocks (:func:`dask_assign.graph.plan.rt_blocks`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import pandas as pd
+import torch
+
+from dask_assign.chemistry.formulas import C13_ABUNDANCE, C13_SPACING
+from dask_assign.config import AssignConfig, Calibration
+from dask_assign.context.model import (
+    COELUTION_TAIL,
+    DETECT_SIGMA,
+    MIN_ADDUCT_SHARE,
+    NULL_13C,
+    RATIO_OUTLIER_SIGMA,
+    RATIO_OUTLIERS,
+    UNKNOWN_RATIO_SIGMA,
+    ContextModel,
+    adduct_presence,
+    pair_sigma,
+)
+from dask_assign.context.relations import (
+    ADDUCT,
+    DECOY,
+    ISOTOPE,
+    RelationMaps,
+    find_relations,
+)
+from dask_assign.context.search import _BlockPeaks, nearest_target, neighbours, sibling_targets
+from dask_assign.filtering.join import (
+    rank_within_peak,
+)
+from dask_assign.filtering.space import (
+    SearchSpace,
+)
+from dask_assign.scoring.passes import (
+    PartitionResult,
+    ScoredPairs,
+    best_calls,
+    slot_probabilities,
+)
+
+_LOG_RATIO13 = math.log(C13_ABUNDANCE / (1 - C13_ABUNDANCE))
+
+
+def _log_abundances(n_carbon: torch.Tensor, max_isotope: int) -> torch.Tensor:
+    """log of the 13C0..13C``max_isotope`` peaks against the monoisotopic one, stacked on a
+    last axis (binomial, as :func:`dask_assign.chemistry.formulas.c13_abundances`; ``-inf``
+    where a molecule
+    has too few carbons)."""
+    out = [torch.zeros_like(n_carbon)]
+    inf = torch.full_like(n_carbon, float("-inf"))
+    if max_isotope >= 1:
+        out.append(torch.where(n_carbon >= 1, torch.log(n_carbon) + _LOG_RATIO13, inf))
+    if max_isotope >= 2:
+        out.append(torch.where(n_carbon >= 2, torch.log(n_carbon * (n_carbon - 1) / 2)
+                               + 2 * _LOG_RATIO13, inf))
+    return torch.stack(out, dim=-1)
+
+
+def _log_normal(x, mu, sigma):
+    z = (x - mu) / sigma
+    return -0.5 * z * z - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+
+
+def _ratio_fit(x, expected, sigma, outliers=None):
+    """log density of a partner's log intensity around the predicted one: mostly within
+    ``sigma``, a share ``outliers`` far off (an interfering peak, saturation, a simulation or
+    peak picker that drops some fine structure), so one bad ratio cannot veto a hypothesis
+    outright."""
+    outliers = RATIO_OUTLIERS if outliers is None else outliers
+    return torch.logaddexp(_log_normal(x, expected, sigma) + math.log1p(-outliers),
+                           _log_normal(x, expected, RATIO_OUTLIER_SIGMA) + math.log(outliers))
+
+
+def _position_fit(mz_partner, target, rt_diff, model: ContextModel, calibration):
+    """log density of a partner's m/z error and RT difference for a true partner against a
+    random peak (uniform over the partner window)."""
+    err = (mz_partner - target) / target * 1e6
+    coelution = torch.logaddexp(_log_normal(rt_diff, 0.0, model.rt_sigma)
+                                + math.log1p(-COELUTION_TAIL),
+                                torch.full_like(rt_diff, math.log(COELUTION_TAIL
+                                                                  / (2 * model.rt_tol))))
+    return (_log_normal(err, 0.0, pair_sigma(calibration)) + math.log(2 * model.ppm)
+            + coelution + math.log(2 * model.rt_tol))
+
+
+def _segment_logsumexp(values, segment, n):
+    """``log(sum(exp(values)))`` within each of ``n`` segments (``-inf`` for an empty one)."""
+    top = torch.full((n,), float("-inf"), dtype=values.dtype, device=values.device)
+    top = top.scatter_reduce(0, segment, values, reduce="amax", include_self=True)
+    safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = torch.zeros_like(top).index_add(0, segment, torch.exp(values - safe[segment]))
+    return safe + torch.log(total)
+
+
+def _log_or_partners(log_d, log_q, log_rho):
+    """log of the odds factor of one predicted partner, ``1 - d + d * sum(q) / rho`` over the
+    peaks found in its window (``log_q``: their summed fit, ``-inf`` where none): any of them
+    may be the partner, the others are there by accident."""
+    log_1md = torch.log1p(-torch.exp(log_d).clamp(max=1.0 - 1e-12))
+    return torch.logaddexp(log_1md, log_d + log_q - log_rho)
+
+
+@dataclass
+class _Partners:
+    """Partners found for the peaks of one partition."""
+
+    adduct_odds: torch.Tensor  # [n, A] log odds factor of the adduct partners of each label
+    iso_start: torch.Tensor  # [n * C + 1] where each (peak, column)'s isotope matches start
+    iso_j: torch.Tensor  # the matches' partner (block row), by (peak, column)
+    iso_col: torch.Tensor  # [A, S, S] column of adduct a from 13C s to t, or -1
+    iso_step: torch.Tensor  # [C] 13C atoms added by each column, and its charge
+    iso_charge: torch.Tensor
+    log_rho: torch.Tensor  # [n] log chance of an accidental partner in one window
+    n_partners: torch.Tensor  # [n] distinct co-eluting partner peaks
+
+
+def _find_partners(block_mz, block_rt, core_rows, space, config, calibration, model,
+                   p_adduct, kept, device) -> _Partners:
+    """Search the block for the partners of its core peaks, over the adducts ``kept``."""
+    ions = space.adduct_ions
+    n_add, n_iso = ions.shape[0], NULL_13C + 1
+    sub = ions[kept]
+    maps = RelationMaps.build(sub[:, 0], sub[:, 1], sub[:, 2], NULL_13C)
+    anchor = np.zeros(block_mz.size, dtype=bool)
+    anchor[core_rows] = True
+    bi, bj, m = find_relations(block_mz, block_rt, maps, model.ppm, model.rt_tol, anchor)
+    row_of = np.full(block_mz.size, -1, dtype=np.int64)
+    row_of[core_rows] = np.arange(core_rows.size)
+    rows = row_of[bi]  # still sorted: core rows keep the block's order
+    n = core_rows.size
+    kind = maps.kind[m]
+    crowd = np.maximum(neighbours(block_rt, config.max_coelution)[core_rows], 1)
+    log_rho = torch.as_tensor(np.log(crowd) + model.log_kappa, device=device)
+
+    def t(x):
+        return torch.as_tensor(x, device=device)
+
+    # Adduct labels: every other adduct missing, then each one found replaces its term.
+    log_p = t(np.log(p_adduct))
+    log_1mp = torch.log1p(-torch.exp(log_p))
+    missing = torch.zeros(n_add, dtype=log_p.dtype, device=device)
+    missing[t(kept)] = log_1mp[t(kept)]
+    odds = (missing.sum() - missing).expand(n, n_add).clone()
+    sel = kind == ADDUCT
+    if sel.any():
+        q = _position_fit(t(block_mz[bj[sel]]),
+                          t(maps.scale[m[sel]] * block_mz[bi[sel]] + maps.shift[m[sel]]),
+                          t(block_rt[bj[sel]] - block_rt[bi[sel]]), model, calibration)
+        key, group = torch.unique_consecutive(t(rows[sel] * len(maps) + m[sel]),
+                                              return_inverse=True)
+        lse = _segment_logsumexp(q, group, key.numel())
+        r, mm = key // len(maps), key % len(maps)
+        dst, src = t(kept[maps.dst])[mm], t(kept[maps.src])[mm]
+        gain = _log_or_partners(log_p[dst], lse, log_rho[r]) - log_1mp[dst]
+        odds.view(-1).index_add_(0, r * n_add + src, gain)
+    # Isotope partners: one column per (charge, 13C step), matches grouped by (peak, column).
+    iso_maps = np.flatnonzero(maps.kind == ISOTOPE)
+    col_of_map = np.full(len(maps), -1)
+    col_of_map[iso_maps] = np.arange(iso_maps.size)
+    iso_col = np.full((n_add, n_iso, n_iso), -1, dtype=np.int64)
+    for c, k in enumerate(iso_maps):
+        for a in np.flatnonzero(ions[:, 1] == maps.charge[k]):
+            for s_ in range(n_iso):
+                if 0 <= s_ + maps.step[k] < n_iso:
+                    iso_col[a, s_, s_ + maps.step[k]] = c
+    sel = kind == ISOTOPE
+    n_col = max(iso_maps.size, 1)
+    iso_key = rows[sel] * n_col + col_of_map[m[sel]]  # sorted: matches come by (peak, map)
+    start = np.r_[0, np.cumsum(np.bincount(iso_key, minlength=n * n_col))]
+    # Distinct partner peaks of each peak (one peak may match several maps).
+    key = np.sort(rows[kind != DECOY] * block_mz.size + bj[kind != DECOY])
+    first = key[np.r_[True, key[1:] != key[:-1]]] if key.size else key
+    n_partners = np.bincount(first // max(block_mz.size, 1), minlength=n)
+    return _Partners(odds, t(start), t(bj[sel]), t(iso_col),
+                     t(np.r_[maps.step[iso_maps], 0]), t(np.r_[maps.charge[iso_maps], 1]),
+                     log_rho, t(n_partners))
+
+
+def _isotope_odds(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, block_mz, block_rt,
+                  block_li, model, config, calibration, ratio_sigma, kernel="auto"):
+    """Summed log odds factor of the isotope partners that label ``(a, s)`` of a molecule
+    with ``n_carbon`` carbons predicts for the peaks ``rows`` (m/z ``mz``, log intensity
+    ``li``, RT ``rt``); 1-D tensors of one length.
+
+    On CPU a compiled loop computes it entry by entry (``kernel="numba"``); the torch version
+    (``"torch"``, the one CUDA runs) needs a dozen passes over memory per partner column. Both
+    give the same numbers (tested)."""
+    if kernel == "numba" or (kernel == "auto" and n_carbon.device.type == "cpu"):
+        args = [x.contiguous().numpy() for x in (
+            rows, a, s, n_carbon, mz, rt, li, partners.iso_col, partners.iso_start,
+            partners.iso_j, partners.iso_step, partners.iso_charge, partners.log_rho,
+            block_mz, block_rt, block_li)]
+        out = _isotope_odds_loop(
+            *args, NULL_13C, model.log_detect, math.log(model.isotope_detect),
+            float(ratio_sigma), float(model.ratio_outliers),
+            calibration.log_intensity_center, calibration.log_intensity_scale,
+            pair_sigma(calibration), model.ppm, model.rt_sigma, model.rt_tol)
+        return torch.from_numpy(out)
+    return _isotope_odds_torch(partners, rows, a, s, n_carbon, mz, rt, li, block_mz, block_rt,
+                               block_li, model, config, calibration, ratio_sigma)
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_ndtr(z):
+    if z > -37.0:
+        return math.log(0.5 * math.erfc(-z / math.sqrt(2.0)))
+    # Far tail: the asymptotic series (erfc underflows).
+    return -0.5 * z * z - math.log(-z) - 0.5 * math.log(2 * math.pi) + math.log1p(-1 / (z * z))
+
+
+@numba.njit(cache=True, nogil=True)
+def _lognorm(x, mu, sigma):
+    d = (x - mu) / sigma
+    return -0.5 * d * d - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+
+
+@numba.njit(cache=True, nogil=True)
+def _ratio_fit_one(x, expected, sigma, outliers):
+    """:func:`_ratio_fit` of one value."""
+    a = _lognorm(x, expected, sigma) + math.log1p(-outliers)
+    b = _lognorm(x, expected, RATIO_OUTLIER_SIGMA) + math.log(outliers)
+    top = max(a, b)
+    return top + math.log(math.exp(a - top) + math.exp(b - top))
+
+
+@numba.njit(cache=True, nogil=True)
+def _isotope_odds_loop(rows, a, s, n_carbon, mz, rt, li, iso_col, iso_start, iso_j, iso_step,
+                       iso_charge, log_rho, block_mz, block_rt, block_li, max_isotope,
+                       log_detect, log_detect_max, ratio_sigma, ratio_outliers, li_center,
+                       li_scale, mass_sigma, ppm, rt_sigma, rt_tol):
+    """:func:`_isotope_odds_torch`, one entry at a time (same formulas)."""
+    n_col = max(iso_step.size - 1, 1)
+    out = np.zeros(rows.size)
+    log_window = math.log(2 * ppm) + math.log(2 * rt_tol)
+    log_a = np.empty(3)
+    for e in range(rows.size):
+        c = n_carbon[e]
+        log_a[0] = 0.0
+        log_a[1] = math.log(c) + _LOG_RATIO13 if c >= 1 else -np.inf
+        log_a[2] = math.log(c * (c - 1) / 2) + 2 * _LOG_RATIO13 if c >= 2 else -np.inf
+        se = s[e]
+        total = 0.0
+        for t in range(max_isotope + 1):
+            col = iso_col[a[e], se, t]
+            if col < 0:
+                continue
+            expected = li[e] + log_a[t] - log_a[se]
+            log_d = log_detect_max + _log_ndtr((expected - log_detect) / DETECT_SIGMA)
+            if math.isnan(log_d):
+                log_d = math.log(0.5)
+            term = math.log1p(-min(math.exp(log_d), 1.0 - 1e-12))
+            key = rows[e] * n_col + col
+            lo, hi = iso_start[key], iso_start[key + 1]
+            if hi > lo:
+                top, acc = -np.inf, 0.0
+                target = mz[e] + iso_step[col] * C13_SPACING / iso_charge[col]
+                for k in range(lo, hi):
+                    j = iso_j[k]
+                    q = (_ratio_fit_one(block_li[j], expected, ratio_sigma, ratio_outliers)
+                         - _lognorm(block_li[j], li_center, li_scale))
+                    if math.isnan(q):
+                        q = 0.0
+                    elif q == -np.inf:
+                        q = -1e4
+                    err = (block_mz[j] - target) / target * 1e6
+                    near = _lognorm(block_rt[j] - rt[e], 0.0, rt_sigma) \
+                        + math.log1p(-COELUTION_TAIL)
+                    even = math.log(COELUTION_TAIL / (2 * rt_tol))
+                    top2 = max(near, even)
+                    coelution = top2 + math.log(math.exp(near - top2) + math.exp(even - top2))
+                    q += _lognorm(err, 0.0, mass_sigma) + coelution + log_window
+                    if q > top:
+                        acc = acc * math.exp(top - q) + 1.0
+                        top = q
+                    else:
+                        acc += math.exp(q - top)
+                lse = top + math.log(acc)
+                hit = log_d + lse - log_rho[rows[e]]
+                term = max(term, hit) + math.log1p(math.exp(-abs(term - hit)))
+            total += term
+        out[e] = total
+    return out
+
+
+def _isotope_odds_torch(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, block_mz,
+                        block_rt, block_li, model, config, calibration, ratio_sigma):
+    """The torch version of :func:`_isotope_odds`."""
+    total = torch.zeros_like(n_carbon)
+    log_a = _log_abundances(n_carbon, NULL_13C)
+    log_a_s = log_a.gather(1, s[:, None])[:, 0]
+    log_rho = partners.log_rho[rows]
+    n_col = partners.iso_step.numel() - 1
+    for t in range(NULL_13C + 1):
+        col = partners.iso_col[a, s, t]
+        usable = col >= 0  # t != s, and a map for this charge
+        col = col.clamp(min=0)
+        key = rows * max(n_col, 1) + col
+        lo = partners.iso_start[key]
+        count = torch.where(usable, partners.iso_start[key + 1] - lo, torch.zeros_like(lo))
+        # One row per (entry, peak in the partner's window).
+        entry = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
+        first = torch.cumsum(count, 0) - count
+        j = partners.iso_j[lo[entry] + torch.arange(entry.numel(), device=entry.device)
+                           - first[entry]]
+        expected = li + log_a[:, t] - log_a_s
+        # A true partner has the predicted intensity ratio, m/z and RT; a random peak not.
+        log_q = (_ratio_fit(block_li[j], expected[entry], ratio_sigma, model.ratio_outliers)
+                 - _log_normal(block_li[j], calibration.log_intensity_center,
+                               calibration.log_intensity_scale))
+        log_q = torch.nan_to_num(log_q, nan=0.0, neginf=-1e4)
+        # float64 first: an integer tensor times a Python float would be float32.
+        target = mz[entry] + partners.iso_step[col[entry]].to(mz.dtype) * C13_SPACING \
+            / partners.iso_charge[col[entry]].to(mz.dtype)
+        log_q = log_q + _position_fit(block_mz[j], target, block_rt[j] - rt[entry], model,
+                                      calibration)
+        lse = _segment_logsumexp(log_q, entry, count.numel())
+        # Chance the partner is detected: its predicted intensity against the threshold.
+        z = (expected - model.log_detect) / DETECT_SIGMA
+        log_d = math.log(model.isotope_detect) + torch.special.log_ndtr(z)
+        log_d = torch.where(torch.isnan(log_d), torch.full_like(log_d, math.log(0.5)), log_d)
+        term = _log_or_partners(log_d, lse, log_rho)
+        total = total + torch.where(usable, term, torch.zeros_like(term))
+    return total
+
+
+def _sibling_odds(f_peak, f_ion, space: SearchSpace, peaks: dict, li, core_rows, block,
+                  finder: _BlockPeaks, log_rho, model: ContextModel, config: AssignConfig,
+                  calibration: Calibration) -> torch.Tensor:
+    """Summed log odds factor of each candidate's isotopologue siblings: its monoisotopic ion
+    and the ``SIBLINGS`` most abundant others of its compound and adduct, at the m/z the
+    candidate's own error predicts and at the intensity ratio its formula predicts."""
+    n_c = f_ion.size
+    device = log_rho.device
+    if n_c == 0:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    owner, cluster, log_cluster, own_cluster, member, member_row = sibling_targets(
+        space, f_ion, model.ppm)
+    if owner.size == 0:
+        return torch.zeros(n_c, dtype=torch.float64, device=device)
+    peak = f_peak[owner]
+    pmz = peaks["mz"].cpu().numpy()[peak]
+    prt = peaks["rt"].cpu().numpy()[peak]
+    # One target per member of a partner cluster; a peak near any counts once.
+    ratio = pmz / space.mz[f_ion[owner]]
+    member_mz = ratio[member] * space.mz[member_row]
+    expected = li.cpu().numpy()[peak] + log_cluster - own_cluster
+    tm, j = finder.find(member_mz, prt[member], model.rt_tol)
+    t = member[tm]
+    mine = j != np.asarray(core_rows)[peak[t]]
+    tm, t, j = tm[mine], t[mine], j[mine]
+    hit = nearest_target(owner[member], member_mz, tm, j, block["mz"].to_numpy(dtype=np.float64))
+    tm, t, j = tm[hit], t[hit], j[hit]
+    n_block = max(len(block), 1)
+    _, first = np.unique(t * n_block + j, return_index=True)
+    tm, t, j = tm[first], t[first], j[first]
+    target = member_mz[tm]
+
+    def tt(x):
+        return torch.as_tensor(x, device=device)
+
+    block_mz = block["mz"].to_numpy(dtype=np.float64)
+    block_rt = block["rt"].to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        block_li = np.log(block["intensity"].to_numpy(dtype=np.float64, na_value=np.nan))
+    # The peak is the whole cluster (unresolved) or the member it lies at alone (resolved,
+    # or the other members missing): either intensity counts.
+    alone = li.cpu().numpy()[peak[t]] + space.log_abundance[member_row[tm]] - own_cluster[t]
+    ratio_fit = torch.logaddexp(
+        _ratio_fit(tt(block_li[j]), tt(expected[t]), model.ratio_sigma, model.ratio_outliers),
+        _ratio_fit(tt(block_li[j]), tt(alone), model.ratio_sigma, model.ratio_outliers)) \
+        - math.log(2)
+    q = ratio_fit - _log_normal(tt(block_li[j]), calibration.log_intensity_center,
+                                calibration.log_intensity_scale)
+    q = torch.nan_to_num(q, nan=0.0, neginf=-1e4)
+    q = q + _position_fit(tt(block_mz[j]), tt(target), tt(block_rt[j] - prt[t]), model,
+                          calibration)
+    lse = _segment_logsumexp(q, tt(t), owner.size)
+    z = (tt(expected) - model.log_detect) / DETECT_SIGMA
+    if len(model.label_detect) == len(space.isotope_labels):
+        rate = np.asarray(model.label_detect)[space.isotope[cluster]]
+    else:
+        rate = np.full(cluster.size, model.isotope_detect)
+    log_d = tt(np.log(rate)) + torch.special.log_ndtr(z)
+    log_d = torch.where(torch.isnan(log_d), torch.full_like(log_d, math.log(0.5)), log_d)
+    term = _log_or_partners(log_d, lse, log_rho[tt(peak)])
+    return torch.zeros(n_c, dtype=torch.float64, device=device).index_add_(0, tt(owner), term)
+
+
+def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.ndarray,
+                  space: SearchSpace, config: AssignConfig, calibration: Calibration,
+                  model: ContextModel, kernel: str = "auto") -> PartitionResult:
+    """Re-weigh the candidates of a scored partition by the evidence of co-eluting peaks.
+
+    Parameters
+    ----------
+    result : PartitionResult
+        First (and refined) pass of the partition's peaks.
+    block : pandas.DataFrame
+        ``mz``, ``rt``, ``intensity`` of every peak that may be a partner: the partition's own
+        and those within ``model.rt_tol`` of them.
+    core_rows : numpy.ndarray
+        Row of ``block`` of each peak of ``result``, in order.
+    space : SearchSpace
+    config : AssignConfig
+    calibration : Calibration
+    model : ContextModel
+    kernel : {"auto", "numba", "torch"}
+        How the null's isotope odds are computed (``auto``: compiled on CPU, torch on CUDA).
+
+    Returns
+    -------
+    PartitionResult
+        With updated probabilities, calls, ``n_partners`` and ``changed``.
+    """
+    scored = result.scored
+    device = scored.p_null.device
+    n = int(scored.p_null.shape[0])
+    core_rows = np.asarray(core_rows, dtype=np.int64)
+    block_mz = block["mz"].to_numpy(dtype=np.float64)
+    block_rt = block["rt"].to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        block_li = torch.as_tensor(np.log(block["intensity"].to_numpy(
+            dtype=np.float64, na_value=np.nan)), device=device)
+    block_mz_t = torch.as_tensor(block_mz, device=device)
+    block_rt_t = torch.as_tensor(block_rt, device=device)
+    p_adduct = adduct_presence(space, model)
+    # Adducts too rare to matter (a hundredth of the commonest) get no partner search.
+    kept = np.flatnonzero(p_adduct >= MIN_ADDUCT_SHARE * p_adduct.max())
+    partners = _find_partners(block_mz, block_rt, core_rows, space, config, calibration, model,
+                              p_adduct, kept, device)
+    ions = torch.as_tensor(space.adduct_ions, device=device)
+    li = block_li[torch.as_tensor(core_rows, device=device)]
+    mz, rt = result.peaks["mz"], result.peaks["rt"]
+    weight = config.context_weight
+    common = (block_mz_t, block_rt_t, block_li, model, config, calibration)
+
+    # Candidates: the partners of their own adduct, and their isotopologue siblings.
+    f = scored.features
+    ion = f.ion.cpu().numpy()
+    a = torch.as_tensor(space.adduct[ion], device=device)
+    finder = _BlockPeaks(block_mz, block_rt, model.ppm)
+    cand = partners.adduct_odds[f.peak, a] + _sibling_odds(
+        f.peak.cpu().numpy(), ion, space, result.peaks, li, core_rows, block, finder,
+        partners.log_rho, model, config, calibration)
+
+    # The null slot: noise, or a molecule missing from the library under any label (adduct,
+    # 13C count), with the typical carbon count of its mass. The isotope terms of one charge
+    # and 13C count are shared by its adducts (computed from the commonest adduct's reading).
+    # Only peaks with a candidate need it: for the others the null is the only answer.
+    n_iso = NULL_13C + 1
+    unknown_sigma = math.hypot(model.ratio_sigma, UNKNOWN_RATIO_SIGMA)
+    log_p = torch.as_tensor(np.log(p_adduct), device=device)
+    kept_t = torch.as_tensor(kept, device=device)
+    charges = space.adduct_ions[kept, 1]
+    rows = torch.unique(f.peak)
+    pmz, prt, pli = mz[rows], rt[rows], li[rows]
+    iso = torch.zeros((rows.numel(), len(kept), n_iso), dtype=li.dtype, device=device)
+    lcarbon = torch.zeros_like(iso)
+    for z in np.unique(charges):
+        idx = np.flatnonzero(charges == z)
+        rep = int(kept[idx[np.argmax(p_adduct[kept[idx]])]])  # the charge's commonest adduct
+        group = torch.as_tensor(idx, device=device)
+        for s_ in range(n_iso):
+            ls = torch.full_like(rows, s_)
+            la = torch.full_like(rows, rep)
+            c = space.carbon_per_mass * _neutral(pmz, la, ls, ions).clamp(min=0) * ions[la, 0]
+            odds = _isotope_odds(partners, rows, la, ls, c, pmz, prt, pli, *common,
+                                 unknown_sigma, kernel)
+            iso[:, group, s_] = odds[:, None]
+            lcarbon[:, group, s_] = c[:, None]
+    lneutral = _neutral(pmz[:, None, None], kept_t[None, :, None],
+                        torch.arange(n_iso, device=device)[None, None, :], ions)
+    prior = log_p[kept_t][None, :, None] + _log_abundances(lcarbon[..., 0], NULL_13C)
+    prior = torch.where(lneutral > 0, prior, torch.full_like(prior, float("-inf")))
+    prior = prior - torch.logsumexp(prior.flatten(1), dim=1)[:, None, None]
+    label = partners.adduct_odds[rows][:, kept_t][:, :, None] + iso
+    molecule = torch.logsumexp((prior + weight * label).flatten(1), dim=1)
+    phi = model.noise_share if config.context_noise_share is None \
+        else config.context_noise_share
+    null = torch.zeros(n, dtype=li.dtype, device=device)
+    null[rows] = torch.nan_to_num(torch.logaddexp(
+        torch.full_like(molecule, math.log(phi)), math.log1p(-phi) + molecule), nan=0.0)
+
+    logit = scored.logit + weight * cand - null[f.peak]
+    return _rescored(result, logit, scored.log_rest - null, partners.n_partners, config)
+
+
+def _neutral(mz, a, s, ions):
+    """Neutral monoisotopic mass of a peak read as the 13C``s`` ion of adduct ``a``."""
+    z = ions[a, 1]
+    return (z * mz - s.to(mz.dtype) * C13_SPACING - ions[a, 2]) / ions[a, 0]
+
+
+def _rescored(result: PartitionResult, logit, log_rest, n_partners, config) -> PartitionResult:
+    """Softmax of the updated logits (null at 0, dropped candidates at ``log_rest``)."""
+    scored = result.scored
+    f = scored.features
+    n = int(scored.p_null.shape[0])
+    order, rank, _ = rank_within_peak(f.peak, logit)
+    f, logit, isomer = f.take(order), logit[order], scored.isomer[order]
+    prob, p_null = slot_probabilities(logit, isomer, f.peak, n, log_rest, scored.rest_isomer)
+    flagged = torch.isnan(scored.p_null)  # a flagged overflow stays without a call
+    nan = torch.tensor(float("nan"), dtype=prob.dtype, device=prob.device)
+    prob = torch.where(flagged[f.peak], nan, prob)
+    p_null = torch.where(flagged, nan, p_null)
+    new = ScoredPairs(f, rank, prob, p_null, scored.n_candidates, scored.overflow, logit,
+                      isomer, log_rest, scored.rest_isomer)
+    pair, call_prob = best_calls(new, n)
+    before = torch.where(result.pair >= 0, scored.features.ion[result.pair.clamp(min=0)],
+                         torch.full_like(result.pair, -1))
+    after = torch.where(pair >= 0, f.ion[pair.clamp(min=0)], torch.full_like(pair, -1))
+    return dataclasses.replace(result, scored=new, pair=pair, prob=call_prob,
+                               n_partners=n_partners, changed=before != after)

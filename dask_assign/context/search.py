@@ -1,0 +1,209 @@
+"""Partner searches within an RT block: the peaks near predicted m/z values (capped, nearest
+in RT), and the isotopologue clusters of a candidate that an instrument resolves."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from dask_assign.context.model import SIBLINGS
+from dask_assign.context.relations import MAX_PARTNERS
+from dask_assign.filtering.join import (
+    run_filling,
+)
+from dask_assign.filtering.space import (
+    SearchSpace,
+)
+
+
+def neighbours(rt: np.ndarray, within: float) -> np.ndarray:
+    """Other peaks within ``within`` minutes of each peak (of those given)."""
+    ordered = np.sort(rt)
+    return (np.searchsorted(ordered, rt + within, side="right")
+            - np.searchsorted(ordered, rt - within, side="left") - 1)
+
+
+class _BlockPeaks:
+    """A block's peaks sorted by m/z, for target searches (co-eluting peaks near a predicted
+    m/z)."""
+
+    def __init__(self, mz: np.ndarray, rt: np.ndarray, ppm: float):
+        self.order = np.argsort(mz, kind="stable")
+        self.mz = np.ascontiguousarray(mz[self.order], dtype=np.float64)
+        self.rt = np.ascontiguousarray(rt[self.order], dtype=np.float64)
+        self.ppm = ppm
+
+    def find(self, target_mz: np.ndarray, target_rt: np.ndarray, rt_tol: float):
+        """(target, block row) of the peaks within ``ppm`` of a target m/z and ``rt_tol`` of
+        its RT, ordered by target: at most ``MAX_PARTNERS`` per target, those nearest in RT.
+
+        The cap bounds the work where many peaks pile up at one m/z and RT (repeated
+        injections concatenated, a contaminant across a gradient): the evidence of a partner
+        cluster saturates after the first few peaks at its place."""
+        if target_mz.size == 0 or self.mz.size == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        k = self.ppm * 1e-6
+        tm = np.ascontiguousarray(target_mz, dtype=np.float64)
+        # |t - p| <= k p  <=>  t / (1 + k) <= p <= t / (1 - k)
+        lo = np.searchsorted(self.mz, tm / (1 + k), side="left")
+        hi = np.searchsorted(self.mz, tm / (1 - k), side="right")
+        t, j = run_filling(_capped_sweep, (tm, np.ascontiguousarray(target_rt, dtype=np.float64),
+                                           self.mz, self.rt, lo, hi, k, float(rt_tol),
+                                           MAX_PARTNERS),
+                           MAX_PARTNERS * tm.size, 2)
+        return t, self.order[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _capped_sweep(tm, trt, mz, rt, lo, hi, k, rt_tol, cap, out_t, out_j):
+    """Per target, the ``cap`` matches in ``[lo, hi)`` nearest in RT (ties: lower row)."""
+    best_d = np.empty(cap)
+    best_j = np.empty(cap, dtype=np.int64)
+    found = 0
+    for t in range(tm.size):
+        n = 0
+        for j in range(lo[t], hi[t]):
+            if abs(tm[t] - mz[j]) > k * mz[j]:
+                continue
+            d = abs(trt[t] - rt[j])
+            if not d <= rt_tol and not np.isnan(rt[j]):
+                continue
+            if np.isnan(d):
+                d = 0.0
+            if n == cap and d >= best_d[n - 1]:
+                continue
+            at = n if n < cap else cap - 1
+            while at > 0 and best_d[at - 1] > d:
+                best_d[at] = best_d[at - 1]
+                best_j[at] = best_j[at - 1]
+                at -= 1
+            best_d[at] = d
+            best_j[at] = j
+            if n < cap:
+                n += 1
+        for q in range(n):
+            if found < out_t.size:
+                out_t[found] = t
+                out_j[found] = best_j[q]
+            found += 1
+    return found
+
+
+def nearest_target(owner: np.ndarray, target_mz: np.ndarray, t: np.ndarray, j: np.ndarray,
+                   peak_mz: np.ndarray) -> np.ndarray:
+    """Which hits ``(t, j)`` (target, peak) to keep when the targets of one owner lie close
+    together: a peak counts for the owner's target nearest to it in m/z only, so a peak that
+    falls in two partner windows (a 13C2 peak near the 18O1 position) is not found twice."""
+    if t.size == 0:
+        return np.zeros(0, dtype=bool)
+    err = np.abs(peak_mz[j] - target_mz[t])
+    key = owner[t].astype(np.int64) * (int(j.max()) + 1) + j
+    order = np.lexsort((err, key))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    keep = np.zeros(t.size, dtype=bool)
+    keep[order[first]] = True
+    return keep
+
+
+def _first_hit(owner: np.ndarray, drt: np.ndarray, n: int) -> np.ndarray:
+    """Smallest ``|drt|`` per owner (``inf`` for owners without a hit)."""
+    best = np.full(n, np.inf)
+    np.minimum.at(best, owner, np.abs(drt))
+    return best
+
+
+def isotope_clusters(space: SearchSpace, groups: np.ndarray, ppm: float):
+    """The isotopologues of some ions (compound x adduct groups) as a partner window of
+    ``ppm`` sees them: each isotopologue joins the most abundant one of its ion within the
+    window (itself, if none), and a cluster is searched and weighed as one partner.
+
+    Returns
+    -------
+    rows : numpy.ndarray
+        Every isotopologue (row of the space) of the groups.
+    rep : numpy.ndarray
+        The cluster (its most abundant row) each belongs to.
+    log_abundance : numpy.ndarray
+        log of its cluster's summed abundance.
+    """
+    groups = np.unique(groups)
+    start, stop = space.group_start[groups], space.group_start[groups + 1]
+    size = stop - start
+    owner = np.repeat(np.arange(groups.size), size)
+    at = np.arange(owner.size) - np.repeat(np.cumsum(size) - size, size)
+    rows = space.group_rows[start[owner] + at]
+    rep = np.full(rows.size, -1, dtype=np.int64)
+    mz = space.mz[rows]
+    for k in range(int(size.max(initial=0))):  # the group's rows, most abundant first
+        has = k < size[owner]
+        other = space.group_rows[np.minimum(start[owner] + k, space.group_rows.size - 1)]
+        close = has & (rep < 0) & (np.abs(space.mz[other] - mz) <= ppm * 1e-6 * mz)
+        rep[close] = other[close]
+    # Chains (a within the window of b, b of c) join one cluster.
+    by_row = np.argsort(rows)
+    for _ in range(rows.size):
+        deeper = rep[by_row][np.searchsorted(rows[by_row], rep)]
+        if np.array_equal(deeper, rep):
+            break
+        rep = deeper
+    total = np.zeros(space.mz.size)  # only the reps' entries are read
+    np.add.at(total, rep, np.exp(space.log_abundance[rows]))
+    return rows, rep, np.log(total[rep])
+
+
+def sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
+    """The isotopologue partners of each candidate ion: the cluster of its monoisotopic ion
+    and the ``SIBLINGS`` most abundant other clusters of its compound and adduct
+    (:func:`isotope_clusters`), never the candidate's own cluster.
+
+    Returns
+    -------
+    owner : numpy.ndarray
+        Candidate (index into ``ions``) of each partner cluster.
+    cluster : numpy.ndarray
+        Each partner's cluster: its most abundant row of the space.
+    log_cluster, own_cluster : numpy.ndarray
+        log abundance of each partner cluster, and of its candidate's own cluster.
+    member, member_row : numpy.ndarray
+        Every isotopologue to search: its partner (index into ``owner``) and its row.
+    """
+    rows, rep, log_total = isotope_clusters(space, space.group[ions], ppm)
+    by_row = np.argsort(rows)
+    rep_of = rep[by_row][np.searchsorted(rows[by_row], ions)]
+    # Each group's clusters, most abundant first (CSR by group).
+    heads = np.flatnonzero(rows == rep)
+    c_group, c_rep, c_total = space.group[rows[heads]], rep[heads], log_total[heads]
+    order = np.lexsort((-c_total, c_group))
+    c_group, c_rep, c_total = c_group[order], c_rep[order], c_total[order]
+    groups, first, count = np.unique(c_group, return_index=True, return_counts=True)
+    g = np.searchsorted(groups, space.group[ions])
+    start, size = first[g], count[g]
+    mono = space.group_mono[space.group[ions]]
+    mono_rep = np.where(mono >= 0, rep[by_row][np.searchsorted(
+        rows[by_row], np.maximum(mono, 0))], -1)
+    owner, cluster, taken = [], [], np.zeros(ions.size, dtype=np.int64)
+    has_mono = np.zeros(ions.size, dtype=bool)
+    for k in range(int(size.max(initial=0))):
+        at = np.flatnonzero(k < size)
+        c = c_rep[start[at] + k]
+        ok = (c != rep_of[at]) & ((taken[at] < SIBLINGS) | (c == mono_rep[at]))
+        owner.append(at[ok])
+        cluster.append(c[ok])
+        taken[at[ok]] += 1
+        has_mono[at[ok & (c == mono_rep[at])]] = True
+    owner, cluster = np.concatenate(owner), np.concatenate(cluster)
+    key = np.lexsort((cluster, owner))
+    owner, cluster = owner[key], cluster[key]
+    total_of = dict(zip(c_rep.tolist(), c_total.tolist(), strict=True))
+    log_cluster = np.array([total_of[c] for c in cluster.tolist()], dtype=np.float64)
+    own_cluster = np.array([total_of[c] for c in rep_of.tolist()], dtype=np.float64)[owner]
+    # The members of each chosen cluster (CSR by cluster).
+    by_rep = np.argsort(rep, kind="stable")
+    reps, r_first, r_count = np.unique(rep[by_rep], return_index=True, return_counts=True)
+    r = np.searchsorted(reps, cluster)
+    member = np.repeat(np.arange(cluster.size), r_count[r])
+    at = np.arange(member.size) - np.repeat(np.cumsum(r_count[r]) - r_count[r], r_count[r])
+    member_row = rows[by_rep][r_first[r][member] + at]
+    return owner, cluster, log_cluster, own_cluster, member, member_row

@@ -1,0 +1,196 @@
+"""The search space: the library's ion table as the kernels need it.
+
+Ions sorted by m/z with their mass-bin index and the lookups of the context pass, built once on
+the client from the library (:func:`prepare_library`) and sent to each worker once; how a
+calibration moves them (centred windows, mapped library RTs); and the candidate RT window."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dask_assign.chemistry.adducts import select_adducts
+from dask_assign.chemistry.ions import IonTable, build_ions
+from dask_assign.chemistry.isotopes import merge_unresolved
+from dask_assign.config import AssignConfig, Calibration
+from dask_assign.filtering.join import (
+    MassBinIndex,
+)
+from dask_assign.io.library import read_library
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The ion table as the kernels need it: numeric columns and the mass-bin index.
+
+    Built once on the client and sent to each worker once. Besides the ion columns (sorted
+    by m/z), ``group_start`` and ``group_rows`` list each compound x adduct's isotopologues
+    (most abundant first; ``group_rows[group_start[g]:group_start[g + 1]]``) and
+    ``group_mono[g]`` its monoisotopic ion, and ``monoisotopic[c, a]`` is the row of compound
+    ``c``'s monoisotopic ion of adduct ``a`` (-1 where it cannot form it): the lookups of the
+    context pass.
+    """
+
+    mz: np.ndarray
+    rt: np.ndarray
+    log_adduct_prior: np.ndarray
+    log_abundance: np.ndarray
+    bins: MassBinIndex
+    compound: np.ndarray
+    adduct: np.ndarray
+    isotope: np.ndarray
+    group: np.ndarray
+    group_start: np.ndarray
+    group_rows: np.ndarray
+    group_mono: np.ndarray
+    monoisotopic: np.ndarray
+    compounds: pd.DataFrame
+    adduct_names: tuple
+    isotope_labels: tuple
+    adduct_ions: np.ndarray
+    n_carbon: np.ndarray
+    carbon_per_mass: float
+
+    @classmethod
+    def build(cls, table: IonTable, max_ppm: float) -> SearchSpace:
+        """From an :class:`~dask_assign.chemistry.ions.IonTable`, for windows up to ``max_ppm``."""
+        ions = table.ions
+
+        def col(name, dtype):
+            return np.ascontiguousarray(ions[name].to_numpy(dtype=dtype))
+
+        return cls._from_columns(
+            {"mz": col("mz", np.float64), "rt": col("rt", np.float64),
+             "log_adduct_prior": col("log_adduct_prior", np.float64),
+             "log_abundance": col("log_abundance", np.float64),
+             "compound": col("compound", np.int64), "adduct": col("adduct", np.int64),
+             "isotope": col("isotope", np.int64), "group": col("group", np.int64)},
+            max_ppm, compounds=table.compounds, adduct_names=tuple(table.adduct_names),
+            isotope_labels=tuple(table.isotope_labels), adduct_ions=table.adduct_ions,
+            n_carbon=table.n_carbon, carbon_per_mass=table.carbon_per_mass)
+
+    @classmethod
+    def _from_columns(cls, columns: dict, max_ppm: float, **library) -> SearchSpace:
+        """The space of ion columns sorted by m/z, with its lookups and mass-bin index."""
+        group, compound = columns["group"], columns["compound"]
+        adduct, iso = columns["adduct"], columns["isotope"]
+        n_groups = int(group.max()) + 1 if group.size else 0
+        start = np.zeros(n_groups + 1, dtype=np.int64)
+        np.cumsum(np.bincount(group, minlength=n_groups), out=start[1:])
+        mono = np.full((len(library["compounds"]), len(library["adduct_names"])), -1,
+                       dtype=np.int64)
+        m0 = np.flatnonzero(iso == 0)
+        mono[compound[m0], adduct[m0]] = m0
+        group_mono = np.full(n_groups, -1, dtype=np.int64)
+        group_mono[group[m0]] = m0
+        return cls(**columns, bins=MassBinIndex.build(columns["mz"], max_ppm),
+                   group_start=start, group_rows=np.lexsort((-columns["log_abundance"], group)),
+                   group_mono=group_mono, monoisotopic=mono, **library)
+
+    def resolved(self, tol_ppm: float) -> SearchSpace:
+        """The space as an instrument with this mass spread sees it: the isotopologues of one
+        ion closer than ``tol_ppm`` merged into one
+        (:func:`~dask_assign.chemistry.isotopes.merge_unresolved`)."""
+        if tol_ppm <= 0 or self.mz.size == 0:
+            return self
+        keep, mz, la = merge_unresolved(self.group, self.mz, self.log_abundance, self.isotope,
+                                        tol_ppm)
+        columns = {k: getattr(self, k)[keep] for k in ION_ARRAYS}
+        columns["mz"], columns["log_abundance"] = mz, la
+        order = np.lexsort((columns["isotope"], columns["adduct"], columns["compound"],
+                            columns["mz"]))
+        columns = {k: np.ascontiguousarray(v[order]) for k, v in columns.items()}
+        return SearchSpace._from_columns(
+            columns, self.bins_ppm, **{k: getattr(self, k) for k in LIBRARY_FIELDS})
+
+    @property
+    def bins_ppm(self) -> float:
+        """The widest window (ppm) the mass-bin index serves."""
+        return float(-np.expm1(-self.bins.width) * 1e6)
+
+    def tensors(self, device: str) -> dict:
+        """The numeric ion columns as tensors (zero-copy on CPU; the kernels never write)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # arrays unpickled read-only
+            return {k: torch.as_tensor(getattr(self, k), device=device)
+                    for k in ("mz", "rt", "log_adduct_prior", "log_abundance", "adduct")}
+
+
+#: The per-ion arrays of a SearchSpace, and what it keeps of the library.
+ION_ARRAYS = ("mz", "rt", "log_adduct_prior", "log_abundance", "compound", "adduct", "isotope",
+              "group")
+
+
+LIBRARY_FIELDS = ("compounds", "adduct_names", "isotope_labels", "adduct_ions", "n_carbon",
+                  "carbon_per_mass")
+
+
+#: Spreads of the RT error model that the fitted candidate window spans.
+RT_WINDOW_SIGMAS = 4.0
+
+
+def candidate_rt_window(config: AssignConfig, calibration: Calibration) -> float:
+    """RT bound (minutes, either side) of the candidate search: ``config.rt_window`` where
+    set; else unbounded until the run's RT model is fitted, then ``RT_WINDOW_SIGMAS`` spreads
+    of its broad component (of its core where no library RT is off)."""
+    if config.rt_window is not None:
+        return float(config.rt_window)
+    if calibration.iterations == 0:
+        return float("inf")
+    spread = calibration.rt_tail_sigma if calibration.rt_tail_share > 0 else calibration.rt_sigma
+    return RT_WINDOW_SIGMAS * spread
+
+
+def main_adduct(space: SearchSpace) -> int:
+    """The adduct a run's compounds show most (the table's largest prior): the one the
+    calibration learns the run's error models from."""
+    if space.adduct.size == 0:
+        return 0
+    prior = np.full(len(space.adduct_names), -np.inf)
+    np.maximum.at(prior, space.adduct, space.log_adduct_prior)
+    return int(np.argmax(prior))
+
+
+def calibrated_ions(space: SearchSpace, calibration: Calibration, device: str) -> dict:
+    """The ion tensors as a run's calibration sees them: the adduct priors it fitted (else the
+    table's), and ``mapped_rt``, the library RT mapped to this run, which the RT window is
+    centred on, and ``ppm_offset``, the systematic mass error expected at the ion's m/z.
+    Built once per partition stage, shared by its batches."""
+    ions = space.tensors(device)
+    if calibration.log_adduct_priors is not None:
+        fitted = torch.as_tensor(calibration.log_adduct_priors, dtype=torch.float64,
+                                 device=ions["mz"].device)
+        ions["log_adduct_prior"] = fitted[ions["adduct"]]
+    if calibration.log_adduct_background is not None:
+        # A denser background beside an adduct's ions: its matches are likelier chance.
+        background = torch.as_tensor(calibration.log_adduct_background, dtype=torch.float64,
+                                     device=ions["mz"].device)
+        ions["log_adduct_prior"] = ions["log_adduct_prior"] - background[ions["adduct"]]
+    ions["mapped_rt"] = calibration.rt_map(ions["rt"])
+    ions["ppm_offset"] = calibration.mass_offset(ions["mz"])
+    return ions
+
+
+def centred_mz(mz: torch.Tensor, calibration: Calibration) -> torch.Tensor:
+    """Peak m/z with the run's systematic mass error taken out, so that a window of fixed
+    ppm around each ion is centred where the instrument puts that ion."""
+    return mz / (1 + calibration.mass_offset(mz) * 1e-6)
+
+
+def prepare_library(library, config: AssignConfig) -> SearchSpace:
+    """Library (path or frame from :func:`~dask_assign.io.library.read_library`) -> search space."""
+    if not isinstance(library, pd.DataFrame):
+        library = read_library(library, rt_unit=config.library_rt_unit)
+    adducts = select_adducts(config.mode, config.adducts, config.adduct_table)
+    table = build_ions(library, adducts, config.max_isotope, config.isotope_min_abundance,
+                       config.isotope_merge_ppm)
+    log.info("library: %d compounds, %d ions (%d adducts, %d isotopologue labels)",
+             len(library), len(table), len(adducts), len(table.isotope_labels))
+    return SearchSpace.build(table, config.ppm * config.refine_widen)

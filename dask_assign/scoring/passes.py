@@ -1,0 +1,291 @@
+"""Annotation of one partition of peaks: candidates, features, scores, refinement.
+
+Every function here works on one partition and depends only on its own peaks, the ion table
+and the frozen settings, so a peak's result never depends on how the peaks were partitioned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dask_assign.config import AssignConfig, Calibration
+from dask_assign.filtering.join import (
+    batches_by_pairs,
+    range_join,
+    rank_within_peak,
+    window_bounds,
+)
+from dask_assign.filtering.space import (
+    SearchSpace,
+    calibrated_ions,
+    candidate_rt_window,
+    centred_mz,
+)
+from dask_assign.scoring.features import PairFeatures, pair_features
+from dask_assign.scoring.scorer import get_scorer, logsumexp_rounds, segment_softmax, with_isomers
+from dask_assign.scoring.tables import to_tables
+
+
+def peak_tensors(part, device: str) -> dict:
+    """``mz``, ``rt``, ``intensity`` of a pandas or cudf partition as float64 tensors."""
+    out = {}
+    for col in ("mz", "rt", "intensity"):
+        series = part[col]
+        if hasattr(series, "to_cupy"):  # cudf: a device array, handed to torch by DLPack
+            out[col] = torch.from_dlpack(series.astype("float64").to_cupy(na_value=np.nan))
+        else:
+            out[col] = torch.from_numpy(series.to_numpy(dtype=np.float64, na_value=np.nan)
+                                        .copy()).to(device)
+    return out
+
+
+@dataclass
+class ScoredPairs:
+    """Candidate pairs of a set of peaks, scored.
+
+    ``features`` are ordered by peak, best first; ``rank`` numbers them within each peak;
+    ``prob`` and ``p_null`` follow the overflow policy (NaN for a flagged peak). ``logit`` is
+    each kept pair's logit against the null slot, ``isomer`` the log odds that an unlisted
+    compound of its formula made the peak instead (that probability is the null's), and
+    ``log_rest`` the log of the summed weight of candidates scored but not kept (``-inf``
+    unless ``overflow="rounds"``) with ``rest_isomer`` the share of it that is their
+    unlisted isomers', so the context pass can re-weigh the same hypotheses.
+    """
+
+    features: PairFeatures
+    rank: torch.Tensor
+    prob: torch.Tensor
+    p_null: torch.Tensor
+    n_candidates: torch.Tensor
+    overflow: torch.Tensor
+    logit: torch.Tensor
+    isomer: torch.Tensor
+    log_rest: torch.Tensor
+    rest_isomer: torch.Tensor
+
+    #: Fields with one entry per kept pair, and per peak.
+    PAIR_FIELDS = ("rank", "prob", "logit", "isomer")
+    PEAK_FIELDS = ("p_null", "n_candidates", "overflow", "log_rest", "rest_isomer")
+
+
+def slot_probabilities(logit, isomer, peak, n, log_rest=None, rest_isomer=None):
+    """Probabilities of each candidate and of each peak's null (which takes the candidates'
+    unlisted isomers, :func:`~dask_assign.scoring.scorer.with_isomers`), over the kept candidates
+    and, where given, the summed weight ``log_rest`` of candidates not kept (of which the
+    share ``rest_isomer`` is their isomers', and so the null's)."""
+    slot, share = with_isomers(logit, isomer)
+    to_null = torch.zeros(n, dtype=slot.dtype, device=slot.device)
+    if log_rest is None:
+        prob, p_null = segment_softmax(slot, peak, n)
+    else:
+        rest = torch.nonzero(torch.isfinite(log_rest)).flatten()
+        prob, p_null = segment_softmax(torch.cat([slot, log_rest[rest]]),
+                                       torch.cat([peak, rest]), n)
+        to_null[rest] = prob[slot.shape[0]:] * rest_isomer[rest]
+        prob = prob[: slot.shape[0]]
+    return prob * share, p_null + to_null.index_add(0, peak, prob * (1 - share))
+
+
+def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfig,
+                calibration: Calibration, k: int, widen: float = 1.0,
+                adduct: int | None = None) -> ScoredPairs:
+    """Join, score and keep at most ``k`` candidates per peak.
+
+    Parameters
+    ----------
+    peaks : dict of torch.Tensor
+    ions : dict of torch.Tensor
+        From :func:`calibrated_ions`.
+    space : SearchSpace
+    config : AssignConfig
+    calibration : Calibration
+    k : int
+        Candidates kept per peak.
+    widen : float
+        Factor on the ppm and RT windows (the refinement searches wider).
+    adduct : int, optional
+        Only this adduct's ions are candidates (the calibration's main adduct).
+    """
+    n = peaks["mz"].shape[0]
+    pi, ii = range_join(centred_mz(peaks["mz"], calibration), peaks["rt"], ions["mz"],
+                        ions["mapped_rt"], space.bins, config.ppm * widen,
+                        candidate_rt_window(config, calibration) * widen)
+    if adduct is not None:
+        mine = ions["adduct"][ii] == adduct
+        pi, ii = pi[mine], ii[mine]
+    feats = pair_features(pi, ii, peaks, ions)
+    scorer = get_scorer(config.scorer, calibration, config.device)
+    logits = scorer(feats)
+    isomer = scorer.isomer_odds(feats)
+    order, rank, _ = rank_within_peak(feats.peak, logits)
+    feats, logits, isomer = feats.take(order), logits[order], isomer[order]
+    n_cand = torch.bincount(feats.peak, minlength=n)
+    overflow = n_cand > k
+    keep = rank < k
+    if config.overflow == "rounds":
+        # Every candidate counts in the normaliser, K at a time; only the best K are listed.
+        slot, share = with_isomers(logits, isomer)
+        log_z = logsumexp_rounds(slot, feats.peak, n, torch.div(rank, k, rounding_mode="floor"))
+        gone = feats.peak[~keep]
+        weight = torch.exp(slot[~keep] - log_z[gone])
+        dropped = torch.zeros_like(log_z).index_add(0, gone, weight)
+        rest_isomer = torch.zeros_like(log_z).index_add(0, gone, weight * (1 - share[~keep]))
+        rest_isomer = torch.where(dropped > 0, rest_isomer / dropped, rest_isomer)
+        log_rest = torch.log(dropped) + log_z
+        feats, rank, logits, isomer = feats.take(keep), rank[keep], logits[keep], isomer[keep]
+        prob, p_null = slot_probabilities(logits, isomer, feats.peak, n, log_rest, rest_isomer)
+    else:
+        feats, logits, rank, isomer = feats.take(keep), logits[keep], rank[keep], isomer[keep]
+        prob, p_null = slot_probabilities(logits, isomer, feats.peak, n)
+        log_rest = torch.full_like(p_null, float("-inf"))
+        rest_isomer = torch.zeros_like(p_null)
+        if config.overflow == "flag":
+            # No call for a peak whose candidates were cut: it is left for review.
+            nan = torch.tensor(float("nan"), dtype=prob.dtype, device=prob.device)
+            prob = torch.where(overflow[feats.peak], nan, prob)
+            p_null = torch.where(overflow, nan, p_null)
+    return ScoredPairs(feats, rank, prob, p_null, n_cand, overflow, logits, isomer, log_rest,
+                       rest_isomer)
+
+
+def _merge(first: ScoredPairs, second: ScoredPairs, redo: torch.Tensor) -> ScoredPairs:
+    """Replace the pairs and per-peak values of the peaks ``redo`` (global peak rows) by
+    ``second``, whose peaks are numbered 0..len(redo)-1."""
+    gone = torch.zeros_like(first.overflow)
+    gone[redo] = True
+    keep = ~gone[first.features.peak]
+    f2 = second.features
+    f2 = PairFeatures(**{**f2.__dict__, "peak": redo[f2.peak]})
+    feats = PairFeatures(**{k: torch.cat([getattr(first.features, k)[keep], getattr(f2, k)])
+                            for k in f2.__dict__})
+    pairs = {k: torch.cat([getattr(first, k)[keep], getattr(second, k)])
+             for k in ScoredPairs.PAIR_FIELDS}
+    order = torch.sort(feats.peak, stable=True).indices  # back to peak order, ranks kept
+    peaks = {}
+    for k in ScoredPairs.PEAK_FIELDS:
+        peaks[k] = getattr(first, k).clone()
+        peaks[k][redo] = getattr(second, k)
+    return ScoredPairs(feats.take(order), **{k: v[order] for k, v in pairs.items()}, **peaks)
+
+
+def best_calls(scored: ScoredPairs, n: int):
+    """The call of each peak: its best candidate where that beats the null.
+
+    Returns
+    -------
+    pair : torch.Tensor (int64)
+        Row of ``scored`` holding the call, -1 for a null call.
+    prob : torch.Tensor
+        Probability of the call (of the null where the null wins).
+    """
+    f = scored.features
+    device = scored.p_null.device
+    pair = torch.full((n,), -1, dtype=torch.int64, device=device)
+    first = torch.nonzero(scored.rank == 0).flatten()
+    pair[f.peak[first]] = first
+    best = torch.full((n,), -1.0, dtype=scored.prob.dtype, device=device)
+    best[f.peak[first]] = scored.prob[first]
+    # A flagged overflow peak has NaN everywhere: no call, NaN probability.
+    wins = best > scored.p_null
+    pair = torch.where(wins, pair, torch.full_like(pair, -1))
+    prob = torch.where(wins, best, scored.p_null)
+    return pair, prob
+
+
+def _concat(parts: list[ScoredPairs]) -> ScoredPairs:
+    """Join the scored pairs of consecutive peak batches (peaks renumbered in order)."""
+    if len(parts) == 1:
+        return parts[0]
+    feats, offset = [], 0
+    for part in parts:
+        f = part.features
+        feats.append(PairFeatures(**{**f.__dict__, "peak": f.peak + offset}))
+        offset += part.p_null.shape[0]
+    features = PairFeatures(**{k: torch.cat([getattr(f, k) for f in feats])
+                               for k in feats[0].__dict__})
+    return ScoredPairs(features, **{k: torch.cat([getattr(p, k) for p in parts])
+                                    for k in ScoredPairs.PAIR_FIELDS + ScoredPairs.PEAK_FIELDS})
+
+
+def score_in_batches(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfig,
+                     calibration: Calibration, k: int, widen: float = 1.0,
+                     adduct: int | None = None) -> ScoredPairs:
+    """:func:`score_peaks` over batches of about ``config.max_pairs`` candidate pairs, so a
+    crowded m/z range (or a huge tolerance) cannot exhaust memory."""
+    lo, hi = window_bounds(peaks["mz"], space.bins)
+    return _concat([score_peaks({key: v[a:b] for key, v in peaks.items()}, ions, space, config,
+                                calibration, k, widen, adduct)
+                    for a, b in batches_by_pairs(lo, hi, config.max_pairs)])
+
+
+@dataclass
+class PartitionResult:
+    """One partition between the pipeline's stages: its peaks, their scored candidates and
+    calls (see :func:`best_calls`), which peaks the second pass refined, and what the context
+    pass found (co-eluting partners of each peak; whether it changed the call)."""
+
+    part: object
+    peaks: dict
+    scored: ScoredPairs
+    pair: torch.Tensor
+    prob: torch.Tensor
+    refined: torch.Tensor
+    n_partners: torch.Tensor | None = None
+    changed: torch.Tensor | None = None
+
+
+def first_pass(part, space: SearchSpace, config: AssignConfig,
+               calibration: Calibration) -> PartitionResult:
+    """Join and score a partition with ``k_first`` candidates per peak."""
+    peaks = peak_tensors(part, config.device)
+    ions = calibrated_ions(space, calibration, config.device)
+    scored = score_in_batches(peaks, ions, space, config, calibration, config.k_first)
+    n = peaks["mz"].shape[0]
+    pair, prob = best_calls(scored, n)
+    refined = torch.zeros(n, dtype=torch.bool, device=prob.device)
+    return PartitionResult(part, peaks, scored, pair, prob, refined)
+
+
+def second_pass(result: PartitionResult, space: SearchSpace, config: AssignConfig,
+                calibration: Calibration) -> PartitionResult:
+    """Re-score the peaks whose call is below ``refine_below`` (or that had no candidate)
+    with up to ``k_max`` candidates in windows ``refine_widen`` times wider."""
+    peaks, scored = result.peaks, result.scored
+    # Low confidence, or nothing in the first window (a drifted match may lie just beyond).
+    # NaN (a flagged overflow) compares False: it is left for review.
+    refined = (result.prob < config.refine_below) | (scored.n_candidates == 0)
+    redo = torch.nonzero(refined).flatten()
+    if redo.numel() == 0:
+        return PartitionResult(result.part, peaks, scored, result.pair, result.prob, refined)
+    sub = {k: v[redo] for k, v in peaks.items()}
+    second = score_in_batches(sub, calibrated_ions(space, calibration, config.device), space,
+                              config, calibration, config.k_max, widen=config.refine_widen)
+    scored = _merge(scored, second, redo)
+    pair, prob = best_calls(scored, peaks["mz"].shape[0])
+    return PartitionResult(result.part, peaks, scored, pair, prob, refined)
+
+
+def annotate_partition(part, space: SearchSpace, config: AssignConfig,
+                       calibration: Calibration):
+    """Annotate one partition of peaks.
+
+    Parameters
+    ----------
+    part : pandas.DataFrame or cudf.DataFrame
+        Peaks with ``peak_id``, ``mz``, ``rt`` (minutes), ``intensity``.
+    space : SearchSpace
+    config : AssignConfig
+    calibration : Calibration
+
+    Returns
+    -------
+    assignments, candidates : pandas.DataFrame
+        One row per peak (``ASSIGNMENT_DTYPES``), and one per kept candidate
+        (``CANDIDATE_DTYPES``), in peak order.
+    """
+    result = second_pass(first_pass(part, space, config, calibration), space, config,
+                         calibration)
+    return to_tables(result, space)

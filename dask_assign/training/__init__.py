@@ -1,0 +1,1 @@
+"""Learning the scorer's weights from labeled runs (evaluated leave one run out)."""
