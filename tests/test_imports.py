@@ -116,3 +116,11 @@ def test_every_subpackage_says_what_it_holds():
     for init in PACKAGE.glob("*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and len(doc) > 40, init
+
+
+def test_tests_mirror_the_package():
+    """Every subpackage has its test folder, holding tests."""
+    tests = Path(__file__).parent
+    for init in PACKAGE.glob("*/__init__.py"):
+        folder = tests / init.parent.name
+        assert folder.is_dir() and list(folder.glob("test_*.py")), folder

@@ -84,7 +84,7 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     Notes
     -----
     In a notebook: ``dask_assign.assign("peaks.csv", "library.csv").compute()``; the demo data
-    is in ``dask_assign/data/demo``. ``tests/test_pipeline.py`` runs it on a LocalCluster.
+    is in ``dask_assign/data/demo``. ``tests/graph/test_run.py`` runs it on a LocalCluster.
     """
     config = config or AssignConfig()
     ddf = as_dask_frame(peaks, config)

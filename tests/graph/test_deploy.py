@@ -19,7 +19,7 @@ import yaml
 
 from tests.conftest import BIG_CONFIG, DEMO, read
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 

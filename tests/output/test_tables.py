@@ -37,7 +37,7 @@ from dask_assign.output.tables import commit
 from tests.conftest import DEMO
 
 matplotlib.use("Agg")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Entries of the user's put into a result folder (a file, a folder, a symbolic link).
 USER = {"notes.txt": b"my notes\n", "raw/run1.mzML": b"<mzML>" + bytes(range(256)) * 40}
 
