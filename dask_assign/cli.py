@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from dask_assign.config import settings
 from dask_assign.files import FORMATS
-from dask_assign.scoring.model import DEFAULT_MODEL
 
 from . import DEMO_DATA
 from .errors import InputError
@@ -31,35 +31,30 @@ def _columns(text):
             "--columns takes NAME=COLUMN,... e.g. mz=MZ,rt=RT") from None
 
 
+def _comma_list(text):
+    return tuple(a.strip() for a in text.split(",")) if text else None
+
+
+def _add_settings(p: argparse.ArgumentParser):
+    """One option per :class:`~dask_assign.config.AssignConfig` field, made from the field:
+    its name (``--k-max``), default, choices and help (:func:`~dask_assign.config.settings`)."""
+    for s in settings():
+        if s.kind is bool:
+            p.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=s.default,
+                           help=f"{s.help} (default: {s.default})")
+        elif s.kind is tuple:
+            p.add_argument(s.flag, type=_comma_list, default=s.default, metavar="NAME,...",
+                           help=f"{s.help} (default: {s.default})")
+        else:
+            p.add_argument(s.flag, type=s.kind, default=s.default, choices=s.choices,
+                           help=f"{s.help} (default: {s.default})")
+
+
 def _add_run_options(p: argparse.ArgumentParser):
-    p.add_argument("--mode", choices=["positive", "negative"], default="positive")
-    p.add_argument("--rt-unit", choices=["auto", "min", "s"], default="auto",
-                   help="unit of the peak table's RT (default: inferred, and logged)")
-    p.add_argument("--library-rt-unit", choices=["min", "s"], default="min")
-    p.add_argument("--ppm", type=float, default=10.0, help="mass tolerance, ppm (default 10)")
-    p.add_argument("--rt-window", type=float, default=None,
-                   help="RT bound of the candidate search where the library has RT, minutes "
-                        "(default: from the run's fitted RT error model)")
-    p.add_argument("--adducts", help="comma-separated adduct names (default: common ones)")
-    p.add_argument("--adduct-table", help="a TSV/CSV adduct table replacing the built-in one")
-    p.add_argument("--k-max", type=int, default=50, help="most candidates kept per peak")
-    p.add_argument("--overflow", choices=["prefilter", "rounds", "flag"], default="prefilter")
-    p.add_argument("--no-calibrate", action="store_true",
-                   help="use the default error models instead of fitting them (EM)")
-    p.add_argument("--no-context", action="store_true",
-                   help="skip the context pass (evidence from co-eluting isotope and adduct "
-                   "peaks)")
-    p.add_argument("--max-coelution", type=float, default=0.1,
-                   help="widest RT difference (min) between ions of one molecule that the "
-                   "context pass considers; the tolerance is fitted below it (default 0.1)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="scorer model folder (from 'dask-assign train'); 'default' (or 'none') "
-                        "is the generative scorer")
+    settings_group = p.add_argument_group(
+        "settings", "the fields of AssignConfig (the same keys under 'settings:' in a job spec)")
+    _add_settings(settings_group)
     p.add_argument("--columns", type=_columns, help="peak columns, e.g. mz=MZ,rt=RT,peak_id=ID")
-    p.add_argument("--partition-size", type=int, default=250_000, help="peaks per partition")
-    p.add_argument("--block-pairs", type=int, default=2_000_000,
-                   help="kept candidate pairs an RT block may hold, about (about 650 bytes "
-                        "each at a block's peak): crowded runs get more, smaller blocks")
     p.add_argument("--format", choices=FORMATS, default="parquet",
                    help="tables as Parquet or CSV; mztab: an mzTab-M 2.0 file beside the "
                         "Parquet tables")
@@ -68,7 +63,8 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--workers", type=int, help="worker processes of the local cluster")
     p.add_argument("--gpu", action="store_true",
                    help="run on the GPUs: a dask-cuda LocalCUDACluster (one worker per GPU), "
-                        "CUDA kernels, cudf partitions where RAPIDS is installed")
+                        "CUDA kernels (--device cuda), cudf partitions where RAPIDS is "
+                        "installed")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run with the same inputs and settings")
     _add_overwrite_option(p)
@@ -93,18 +89,15 @@ def _config(args):
 
     from .config import AssignConfig, SettingError
 
-    adducts = tuple(a for a in args.adducts.split(",")) if args.adducts else None
+    kwargs = {s.name: getattr(args, s.name) for s in settings()}
+    kwargs["scorer"] = scorer_params(kwargs.pop("model"))
+    first = next(s for s in settings() if s.name == "k_first").default
+    if kwargs["k_first"] == first:  # not given: the first pass keeps at most k_max too
+        kwargs["k_first"] = min(first, kwargs["k_max"])
+    if getattr(args, "gpu", False):
+        kwargs["device"] = "cuda"
     try:
-        return AssignConfig(
-            scorer=scorer_params(getattr(args, "model", DEFAULT_MODEL)),
-            mode=args.mode, adducts=adducts, adduct_table=args.adduct_table, ppm=args.ppm,
-            rt_window=args.rt_window, rt_unit=args.rt_unit, library_rt_unit=args.library_rt_unit,
-            k_first=min(20, args.k_max), k_max=args.k_max, overflow=args.overflow,
-            calibrate=not args.no_calibrate, partition_size=args.partition_size,
-            block_pairs=args.block_pairs, context=not args.no_context,
-            max_coelution=args.max_coelution,
-            device="cuda" if getattr(args, "gpu", False) else "cpu",
-        )
+        return AssignConfig(**kwargs)
     except SettingError as err:
         raise InputError(_flag(args, err.name), err.reason) from None
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 from dask_assign.calibration.curves import Curve
@@ -159,8 +162,8 @@ class AssignConfig:
         Kept candidate pairs an RT block may hold, about (first pass and refinement, estimated
         on a sample of the peaks): a crowded run is cut into more, smaller blocks. A block
         holds about 650 bytes a kept pair at its peak, so the default is about 1.3 GB a task.
-    device : str
-        Torch device of the scoring kernels (``cpu`` or ``cuda``).
+    device : {"cpu", "cuda"}
+        Torch device of the scoring kernels.
     context : bool
         Run the context pass: re-weigh every peak's candidates by its co-eluting isotope and
         adduct partners (:mod:`dask_assign.context.evidence`).
@@ -250,6 +253,104 @@ class AssignConfig:
     def to_json(self) -> str:
         """The settings as JSON, for the output manifest."""
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+
+#: ``--model`` / ``model:`` value of the shipped default: the generative scorer. Models
+#: trained on real and simulated runs did not beat it on every held-out real run
+#: (``benchmarks/learned_scorer.py``, leave one run out), so no trained model ships.
+DEFAULT_MODEL = "default"
+
+#: ``--model`` / ``model:`` value for the generative scorer, by name.
+NO_MODEL = "none"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One :class:`AssignConfig` field as the front ends show it: the CLI option ``flag``
+    and the job spec's key ``name`` under ``settings:``, with one default and one help text.
+
+    Attributes
+    ----------
+    name : str
+        The field (``model`` for the ``scorer`` field, which a front end names by model).
+    kind : type
+        ``bool``, ``int``, ``float``, ``str`` or ``tuple`` (a list of names).
+    default : object
+        The field's default (``"default"`` for the model).
+    choices : tuple of str, optional
+        The values allowed, where the field's docstring lists them (``{"a", "b"}``).
+    help : str
+        The first sentence of the field's description in :class:`AssignConfig`'s docstring.
+    """
+
+    name: str
+    kind: type
+    default: object
+    choices: tuple[str, ...] | None
+    help: str
+
+    @property
+    def flag(self) -> str:
+        """The CLI option: the name with dashes (``k_max`` -> ``--k-max``)."""
+        return "--" + self.name.replace("_", "-")
+
+
+_KINDS = {"bool": bool, "int": int, "float": float, "str": str, "tuple": tuple}
+
+
+def _attribute_docs(doc: str) -> dict[str, tuple[str, str]]:
+    """``name -> (type line, description)`` of a numpydoc ``Attributes`` section."""
+    lines = inspect.cleandoc(doc).splitlines()
+    start = lines.index("Attributes") + 2
+    out, name = {}, None
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            name, _, kind = line.partition(" : ")
+            out[name] = (kind, "")
+        elif name and line.strip():
+            kind, text = out[name]
+            out[name] = (kind, f"{text} {line.strip()}".strip())
+    return out
+
+
+def _first_sentence(text: str) -> str:
+    """Up to the first full stop or semicolon outside parentheses, without RST markup."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+    depth = 0
+    for i, c in enumerate(text):
+        depth += (c == "(") - (c == ")")
+        if depth == 0 and c in ".;" and (i + 1 == len(text) or text[i + 1] == " "):
+            return text[:i]
+    return text
+
+
+@functools.cache
+def settings() -> tuple[Setting, ...]:
+    """Every field of :class:`AssignConfig` as a :class:`Setting`, in field order: the one
+    source the CLI's options and the job spec's keys are made from.
+
+    Examples
+    --------
+    >>> s = {s.name: s for s in settings()}
+    >>> s["k_max"].flag, s["k_max"].default, s["mode"].choices
+    ('--k-max', 50, ('positive', 'negative'))
+    """
+    docs = _attribute_docs(AssignConfig.__doc__)
+    out = []
+    for f in dataclasses.fields(AssignConfig):
+        kind_line, text = docs[f.name]
+        if f.name == "scorer":
+            out.append(Setting("model", str, DEFAULT_MODEL, None,
+                               f"scorer model folder (from 'dask-assign train'); "
+                               f"'{DEFAULT_MODEL}' or '{NO_MODEL}': the generative scorer"))
+            continue
+        base = re.sub(r"\[.*\]", "", str(f.type)).split("|")[0].strip()
+        choices = re.match(r"\{(.*)\}", kind_line)
+        out.append(Setting(
+            f.name, _KINDS[base], f.default,
+            tuple(c.strip().strip('"') for c in choices.group(1).split(",")) if choices else None,
+            _first_sentence(text)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

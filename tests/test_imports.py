@@ -10,7 +10,7 @@ PACKAGE = Path(dask_assign.__file__).parent
 #: Subpackages in the order data flows through them; a module may import from its own
 #: subpackage and from those before it, never from one after it. ``config`` (settings, read
 #: by all) is outside the order: it holds the fitted curves' type from ``calibration``.
-FLOW = ("errors", "files", "chemistry", "io", "filtering", "scoring", "calibration",
+FLOW = ("errors", "backends", "files", "chemistry", "io", "filtering", "scoring", "calibration",
         "context", "output", "report", "graph", "training", "cli")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dask_assign.backends import compiled
 from dask_assign.calibration.peaks import sampled
 from dask_assign.config import AssignConfig, Calibration
 from dask_assign.filtering.join import batches_by_pairs, range_join, window_bounds
@@ -82,7 +83,7 @@ def drift_votes(part, space: SearchSpace, config: AssignConfig, fraction: float,
             continue
         weight = 1.0 / torch.bincount(pi).to(torch.float64)[pi]
         peak_rt, ion_rt = sub["rt"][pi], ions["rt"][ii]
-        if kernel == "numba" or (kernel == "auto" and pi.device.type == "cpu"):
+        if compiled(peak_rt, ion_rt, kernel=kernel):
             _vote_loop(peak_rt.cpu().numpy(), ion_rt.cpu().numpy(), weight.cpu().numpy(),
                        DRIFT_SLOPES, config.max_drift, DRIFT_BIN, n_bins, total.numpy())
         else:

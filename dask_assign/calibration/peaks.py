@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from dask_assign.backends import to_pandas
 from dask_assign.calibration.curves import Curve
 from dask_assign.calibration.em import MASS_KNOTS, RT_KNOTS, START_TAIL_SHARE, prior_normaliser
 from dask_assign.config import AssignConfig, Calibration
@@ -124,6 +125,6 @@ def sampled(part, fraction: float) -> np.ndarray:
     if fraction >= 1:
         return np.ones(len(part), dtype=bool)
     ids = part["peak_id"]
-    ids = ids.to_pandas() if hasattr(ids, "to_pandas") else ids
+    ids = to_pandas(ids)
     h = pd.util.hash_array(ids.to_numpy(dtype=object)) % np.uint64(1 << 20)
     return h < np.uint64(int(fraction * (1 << 20)))

@@ -154,7 +154,8 @@ def _table_to_adducts(table: pd.DataFrame, source: str) -> dict[str, Adduct]:
     return out
 
 
-def read_tabular(path) -> pd.DataFrame:
+def read_adduct_table(path) -> pd.DataFrame:
+    """An adduct table as text (``#`` lines are comments): CSV by its suffix, else TSV."""
     path = Path(path)
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
@@ -179,14 +180,14 @@ def builtin_adducts(mode: str) -> dict[str, Adduct]:
     >>> len(builtin_adducts("positive")) >= 30 and "[M+H]+" in builtin_adducts("positive")
     True
     """
-    table = read_tabular(files("dask_assign") / "data" / "adducts.tsv")
+    table = read_adduct_table(files("dask_assign") / "data" / "adducts.tsv")
     table = table[table["mode"] == mode]
     return _table_to_adducts(table, "built-in adduct table")
 
 
 def default_adduct_names(mode: str) -> tuple[str, ...]:
     """Names of the adducts searched by default in ``mode``."""
-    table = read_tabular(files("dask_assign") / "data" / "adducts.tsv")
+    table = read_adduct_table(files("dask_assign") / "data" / "adducts.tsv")
     return tuple(table.loc[(table["mode"] == mode) & (table["default"] == "1"), "name"])
 
 
@@ -199,7 +200,7 @@ def read_adducts(path, mode: str | None = None) -> dict[str, Adduct]:
     mode : {"positive", "negative"}, optional
         Keep only rows of this mode when the table has a ``mode`` column.
     """
-    table = read_tabular(path)
+    table = read_adduct_table(path)
     if mode is not None and "mode" in table.columns:
         table = table[table["mode"] == mode]
     adducts = _table_to_adducts(table, str(path))

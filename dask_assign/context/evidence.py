@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dask_assign.backends import compiled
 from dask_assign.chemistry.formulas import C13_ABUNDANCE, C13_SPACING
 from dask_assign.config import AssignConfig, Calibration
 from dask_assign.context.model import (
@@ -79,6 +80,7 @@ from dask_assign.scoring.passes import (
     best_calls,
     slot_probabilities,
 )
+from dask_assign.scoring.scorer import log_normal
 
 _LOG_RATIO13 = math.log(C13_ABUNDANCE / (1 - C13_ABUNDANCE))
 
@@ -98,30 +100,25 @@ def _log_abundances(n_carbon: torch.Tensor, max_isotope: int) -> torch.Tensor:
     return torch.stack(out, dim=-1)
 
 
-def _log_normal(x, mu, sigma):
-    z = (x - mu) / sigma
-    return -0.5 * z * z - math.log(sigma) - 0.5 * math.log(2 * math.pi)
-
-
 def _ratio_fit(x, expected, sigma, outliers=None):
     """log density of a partner's log intensity around the predicted one: mostly within
     ``sigma``, a share ``outliers`` far off (an interfering peak, saturation, a simulation or
     peak picker that drops some fine structure), so one bad ratio cannot veto a hypothesis
     outright."""
     outliers = RATIO_OUTLIERS if outliers is None else outliers
-    return torch.logaddexp(_log_normal(x, expected, sigma) + math.log1p(-outliers),
-                           _log_normal(x, expected, RATIO_OUTLIER_SIGMA) + math.log(outliers))
+    return torch.logaddexp(log_normal(x - expected, sigma) + math.log1p(-outliers),
+                           log_normal(x - expected, RATIO_OUTLIER_SIGMA) + math.log(outliers))
 
 
 def _position_fit(mz_partner, target, rt_diff, model: ContextModel, calibration):
     """log density of a partner's m/z error and RT difference for a true partner against a
     random peak (uniform over the partner window)."""
     err = (mz_partner - target) / target * 1e6
-    coelution = torch.logaddexp(_log_normal(rt_diff, 0.0, model.rt_sigma)
+    coelution = torch.logaddexp(log_normal(rt_diff, model.rt_sigma)
                                 + math.log1p(-COELUTION_TAIL),
                                 torch.full_like(rt_diff, math.log(COELUTION_TAIL
                                                                   / (2 * model.rt_tol))))
-    return (_log_normal(err, 0.0, pair_sigma(calibration)) + math.log(2 * model.ppm)
+    return (log_normal(err, pair_sigma(calibration)) + math.log(2 * model.ppm)
             + coelution + math.log(2 * model.rt_tol))
 
 
@@ -227,7 +224,7 @@ def _isotope_odds(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, block_m
     On CPU a compiled loop computes it entry by entry (``kernel="numba"``); the torch version
     (``"torch"``, the one CUDA runs) needs a dozen passes over memory per partner column. Both
     give the same numbers (tested)."""
-    if kernel == "numba" or (kernel == "auto" and n_carbon.device.type == "cpu"):
+    if compiled(rows, n_carbon, mz, block_mz, kernel=kernel):
         args = [x.contiguous().numpy() for x in (
             rows, a, s, n_carbon, mz, rt, li, partners.iso_col, partners.iso_start,
             partners.iso_j, partners.iso_step, partners.iso_charge, partners.log_rho,
@@ -347,7 +344,7 @@ def _isotope_odds_torch(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, b
         expected = li + log_a[:, t] - log_a_s
         # A true partner has the predicted intensity ratio, m/z and RT; a random peak not.
         log_q = (_ratio_fit(block_li[j], expected[entry], ratio_sigma, model.ratio_outliers)
-                 - _log_normal(block_li[j], calibration.log_intensity_center,
+                 - log_normal(block_li[j] - calibration.log_intensity_center,
                                calibration.log_intensity_scale))
         log_q = torch.nan_to_num(log_q, nan=0.0, neginf=-1e4)
         # float64 first: an integer tensor times a Python float would be float32.
@@ -411,7 +408,7 @@ def _sibling_odds(f_peak, f_ion, space: SearchSpace, peaks: dict, li, core_rows,
         _ratio_fit(tt(block_li[j]), tt(expected[t]), model.ratio_sigma, model.ratio_outliers),
         _ratio_fit(tt(block_li[j]), tt(alone), model.ratio_sigma, model.ratio_outliers)) \
         - math.log(2)
-    q = ratio_fit - _log_normal(tt(block_li[j]), calibration.log_intensity_center,
+    q = ratio_fit - log_normal(tt(block_li[j]) - calibration.log_intensity_center,
                                 calibration.log_intensity_scale)
     q = torch.nan_to_num(q, nan=0.0, neginf=-1e4)
     q = q + _position_fit(tt(block_mz[j]), tt(target), tt(block_rt[j] - prt[t]), model,

@@ -16,6 +16,8 @@ import numba
 import numpy as np
 import torch
 
+from dask_assign.backends import compiled
+
 
 @dataclass(frozen=True)
 class MassBinIndex:
@@ -195,7 +197,8 @@ def range_join(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm: float
         merge needs only the ions' order).
     ppm, rt_window : float
     kernel : {"auto", "torch", "numba"}
-        ``auto``: the compiled merge for CPU float64 tensors, torch otherwise (CUDA).
+        ``auto``: the compiled merge for CPU tensors, torch otherwise (CUDA); see
+        :func:`dask_assign.backends.compiled`.
 
     Returns
     -------
@@ -213,9 +216,7 @@ def range_join(peak_mz, peak_rt, ion_mz, ion_rt, index: MassBinIndex, ppm: float
     [1]
     """
     device = peak_mz.device
-    cpu = device.type == "cpu" and all(
-        t.dtype == torch.float64 for t in (peak_mz, peak_rt, ion_mz, ion_rt))
-    if kernel == "numba" or (kernel == "auto" and cpu):
+    if compiled(peak_mz, peak_rt, ion_mz, ion_rt, kernel=kernel):
         return _range_join_cpu(peak_mz.contiguous(), peak_rt.contiguous(), ion_mz.contiguous(),
                                ion_rt.contiguous(), ppm, rt_window)
     n = peak_mz.shape[0]
@@ -259,7 +260,7 @@ def _rank_grouped(peak, score, order, rank):
         a = b
 
 
-def rank_within_peak(peak_idx, score):
+def rank_within_peak(peak_idx, score, kernel: str = "auto"):
     """Order pairs by peak, best ``score`` first, and number them within each peak.
 
     Ties keep the pairs' incoming order (ions by m/z), so the ranking of a peak never depends on
@@ -271,6 +272,9 @@ def rank_within_peak(peak_idx, score):
         Peak of each pair.
     score : torch.Tensor
         Higher is better.
+    kernel : {"auto", "torch", "numba"}
+        ``auto``: the compiled sort within groups for CPU tensors (when the pairs come
+        grouped by peak, as the join gives them), torch sorts otherwise.
 
     Returns
     -------
@@ -281,7 +285,7 @@ def rank_within_peak(peak_idx, score):
     counts : torch.Tensor
         Pairs per peak, for peaks ``0 .. peak_idx.max()``.
     """
-    if (peak_idx.device.type == "cpu" and peak_idx.numel() > 1
+    if (compiled(peak_idx, score, kernel=kernel) and peak_idx.numel() > 1
             and bool((peak_idx[1:] >= peak_idx[:-1]).all())):
         # Pairs already grouped by peak (as the join gives them): sort within each group.
         order = np.empty(peak_idx.numel(), dtype=np.int64)

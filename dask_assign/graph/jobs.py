@@ -25,10 +25,10 @@ from pathlib import Path
 
 import yaml
 
-from dask_assign.config import AssignConfig, SettingError
+from dask_assign.config import DEFAULT_MODEL, NO_MODEL, AssignConfig, SettingError, settings
 from dask_assign.errors import InputError
 from dask_assign.files import FORMATS
-from dask_assign.scoring.model import DEFAULT_MODEL, NO_MODEL, scorer_params
+from dask_assign.scoring.model import scorer_params
 
 #: Prefix of a path to the package's own data (inputs only).
 PACKAGE_PREFIX = "package:"
@@ -38,16 +38,9 @@ JOB_KEYS = {"peaks", "library", "out", "format", "scheduler", "workers", "column
             "name"}
 
 
-#: Settings a job may give; the rest of AssignConfig keeps its defaults.
-SETTING_TYPES = {
-    "mode": str, "adducts": list, "adduct_table": str, "ppm": float, "rt_window": float,
-    "rt_unit": str, "library_rt_unit": str, "max_isotope": int, "k_first": int, "k_max": int,
-    "overflow": str, "refine_below": float, "refine_widen": float, "calibrate": bool,
-    "em_iterations": int, "partition_size": int, "block_pairs": int, "context": bool,
-    "max_coelution": float,
-    "context_weight": float, "context_noise_share": float, "isotope_ratio_sigma": float,
-    "model": str, "device": str,
-}
+#: Settings a job may give under ``settings:``, one per AssignConfig field
+#: (:func:`~dask_assign.config.settings`); the rest keep their defaults.
+SETTING_TYPES = {s.name: list if s.kind is tuple else s.kind for s in settings()}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from dask.base import get_scheduler
 
+from dask_assign.backends import to_pandas
 from dask_assign.calibration import mass_search as mass_search_module
 from dask_assign.calibration.drift import (
     DRIFT_BIN,
@@ -190,8 +191,7 @@ def annotated_blocks(plan: RunPlan, config: AssignConfig, which=None) -> list:
 
 def _collect(frames: dd.DataFrame) -> pd.DataFrame:
     """Compute small per-partition summaries into one pandas frame."""
-    total = frames.compute()
-    return total.to_pandas() if hasattr(total, "to_pandas") else total
+    return to_pandas(frames.compute())
 
 
 def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig,

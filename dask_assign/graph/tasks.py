@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dask_assign.backends import concat
 from dask_assign.calibration import mass_search as mass_search_module
 from dask_assign.calibration.drift import (
     drift_votes,
@@ -69,12 +70,7 @@ def split_by_rt(part, edges: np.ndarray, halo: float):
 def rt_block(pieces, edges: np.ndarray, k: int):
     """Task: block ``k``: its pieces from every partition, in one canonical order (RT, m/z,
     peak id), with ``core`` marking the peaks that belong to it (not to its halo)."""
-    if hasattr(pieces[0], "to_pandas"):
-        import cudf
-
-        block = cudf.concat(list(pieces), ignore_index=True)
-    else:
-        block = pd.concat(list(pieces), ignore_index=True)
+    block = concat(list(pieces), ignore_index=True)
     # Peak ids are unique, so this order is total: the same rows, the same order, whatever
     # the blocks (pandas and cudf alike).
     block = block.sort_values(["rt", "mz", "peak_id"], ignore_index=True) if len(block) \

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dask_assign.config import ScorerParams
+from dask_assign.config import DEFAULT_MODEL, NO_MODEL, ScorerParams
 from dask_assign.errors import InputError
 from dask_assign.files import (
     Kind,
@@ -42,16 +42,6 @@ CONFIG_FILE = "model.json"
 
 #: What a model file sets: the learned weights and the unlisted-isomer share.
 MODEL_FIELDS = (*LEARNED_WEIGHTS, "unlisted_prior")
-
-
-#: ``--model`` / ``model:`` value of the shipped default: the generative scorer. Models
-#: trained on real and simulated runs did not beat it on every held-out real run
-#: (``benchmarks/learned_scorer.py``, leave one run out), so no trained model ships.
-DEFAULT_MODEL = "default"
-
-
-#: ``--model`` / ``model:`` value for the generative scorer, by name.
-NO_MODEL = "none"
 
 
 def save_model(params: ScorerParams, path, info: dict | None = None,

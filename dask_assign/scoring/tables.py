@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from dask_assign.backends import to_pandas
 from dask_assign.filtering.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -93,8 +94,7 @@ def to_tables(result: PartitionResult, space: SearchSpace):
                                          result.refined)
     n = result.peaks["mz"].shape[0]
     f = scored.features
-    peak_ids = (part["peak_id"].to_pandas() if hasattr(part["peak_id"], "to_pandas")
-                else part["peak_id"]).astype("string").array
+    peak_ids = to_pandas(part["peak_id"]).astype("string").array
     ion = f.ion.cpu().numpy()
     ppm = f.ppm_error.cpu().numpy()
     rt_err = (f.peak_rt - f.ion_rt).cpu().numpy()

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dask_assign.backends import to_pandas
 from dask_assign.chemistry.adducts import parse_adduct_name
 from dask_assign.chemistry.isotopes import label_shift
 from dask_assign.config import AssignConfig, Calibration, ScorerParams
@@ -131,7 +132,7 @@ def label_run(peaks, library, truth, config: AssignConfig, name: str = "") -> La
     plan = plan_run(ddf, prepare_library(library, config), config)
     space, calibration = plan.space, plan.calibration
     part = ddf.compute()
-    part = part.to_pandas() if hasattr(part, "to_pandas") else part
+    part = to_pandas(part)
     p = peak_tensors(part, "cpu")
     ions = calibrated_ions(space, calibration, "cpu")
     pi, ii = range_join(centred_mz(p["mz"], calibration), p["rt"], ions["mz"],

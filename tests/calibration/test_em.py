@@ -153,18 +153,6 @@ def test_drift_votes_find_the_map(rng):
     assert intercept == pytest.approx(2.4, abs=0.15)
 
 
-def test_drift_vote_kernels_agree(rng):
-    """The compiled loop (CPU) and the torch version (CUDA) count the same votes."""
-    from dask_assign.calibration.drift import drift_votes
-
-    peaks, space, config = simulate(rng, shift=1.2, slope=0.97, rt_sd=0.05)
-    loop = drift_votes(peaks, space, config, 1.0, kernel="numba")
-    tensors = drift_votes(peaks, space, config, 1.0, kernel="torch")
-    assert len(loop) > 100
-    pd.testing.assert_frame_equal(loop[["slope", "shift"]], tensors[["slope", "shift"]])
-    np.testing.assert_allclose(loop["w"], tensors["w"], rtol=1e-12)
-
-
 @pytest.mark.parametrize("shift,slope", [(1.5, 1.0), (0.6, 1.05), (3.0, 0.95)])
 def test_annotation_survives_rt_drift(local_client, shift, slope):
     """Library and run RTs apart by minutes: the drift search recentres the RT window, so

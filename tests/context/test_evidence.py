@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from dask_assign.chemistry.adducts import select_adducts
 from dask_assign.chemistry.formulas import C13_SPACING, c13_abundances, parse_formula
@@ -179,29 +178,6 @@ def small_space():
     lib = library_frame([("caffeine", CAFFEINE, RT), ("isobar", ISOBAR, RT)])
     table = build_ions(lib, select_adducts("positive", CONFIG.adducts), CONFIG.max_isotope)
     return SearchSpace.build(table, CONFIG.ppm * CONFIG.refine_widen)
-
-
-def test_compiled_and_torch_isotope_odds_agree():
-    """The CPU loop and the torch version (the CUDA path) give the same probabilities."""
-    from dask_assign import DEMO_DATA
-    from dask_assign.io.library import read_library
-    from dask_assign.io.peaks import load_peaks
-
-    config = AssignConfig(calibrate=False)
-    lib = read_library(DEMO_DATA / "library.csv")
-    table = build_ions(lib, select_adducts("positive", config.adducts), config.max_isotope)
-    space = SearchSpace.build(table, config.ppm * config.refine_widen)
-    peaks = load_peaks(DEMO_DATA / "peaks.csv")
-    block = peaks.assign(core=True)
-    model = fit_context(context_stats(block, space, config, CAL), config, CAL, space)
-    result = second_pass(first_pass(peaks, space, config, CAL), space, config, CAL)
-    rows = np.arange(len(peaks))
-    fast = apply_context(result, block, rows, space, config, CAL, model, kernel="numba")
-    slow = apply_context(result, block, rows, space, config, CAL, model, kernel="torch")
-    assert fast.changed.sum() > 0 and bool((fast.n_partners > 0).any())
-    assert torch.equal(fast.pair, slow.pair)
-    np.testing.assert_allclose(fast.scored.prob, slow.scored.prob, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(fast.scored.p_null, slow.scored.p_null, rtol=1e-10, atol=1e-12)
 
 
 def test_adduct_shares_resist_chance_matches():
