@@ -29,7 +29,7 @@ import torch
 from dask_assign.chemistry.formulas import C13_SPACING, c13_abundances
 from dask_assign.config import AssignConfig
 from dask_assign.filtering.space import prepare_library
-from dask_assign.graph.plan import calibrate, context_model, rt_blocks
+from dask_assign.graph.plan import plan_run
 from dask_assign.graph.tasks import add_context, join_and_score, refine_partition
 from dask_assign.io.peaks import read_peaks
 
@@ -119,12 +119,10 @@ def main(n_peaks: int = 1_000_000, n_compounds: int = 100_000):
     with dask.config.set(scheduler="sync"):
         ddf = read_peaks(folder / "peaks.parquet", partition_size=config.partition_size)
         t = time.perf_counter()
-        calibration = calibrate(ddf, space, config)
-        t_cal = time.perf_counter() - t
-        t = time.perf_counter()
-        blocks = rt_blocks(ddf, config)
-        model = context_model(blocks, config, calibration)
-        t_fit = time.perf_counter() - t
+        plan = plan_run(ddf, space, config)  # calibration, blocks, context model: as run
+        t_plan = time.perf_counter() - t
+        space, calibration, model, blocks = (plan.space, plan.calibration, plan.context,
+                                             plan.blocks)
         # Compiled kernels load once per process (a worker does it once): not timed.
         warm = blocks[0].compute().iloc[:2000]
         add_context(refine_partition(join_and_score(warm, space, config, calibration), space,
@@ -155,7 +153,7 @@ def main(n_peaks: int = 1_000_000, n_compounds: int = 100_000):
         "machine": f"{platform.processor() or platform.machine()}, torch threads 1",
         "peaks": n, "compounds": n_compounds, "blocks": len(blocks),
         "seconds": {k: round(v, 2) for k, v in times.items()},
-        "calibrate_s": round(t_cal, 2), "context_fit_s": round(t_fit, 2),
+        "plan_s": round(t_plan, 2),
         "context_over_first_pass": round(ratio, 3),
         "refine_and_context_over_first_pass": round(
             (times["refine"] + times["context"]) / times["first_pass"], 3),

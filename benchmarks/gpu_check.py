@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def stages(ddf, space, config, calibration, model, device: str):
-    """Run the pipeline's block stages in this process; per-stage seconds and the tables."""
-    from dask_assign.graph.plan import rt_blocks
+def stages(plan, config, device: str):
+    """Run the pipeline's block stages of a run plan in this process, on ``device``;
+    per-stage seconds and the tables."""
     from dask_assign.graph.tasks import add_context, join_and_score, refine_partition
     from dask_assign.scoring.tables import to_tables
 
@@ -41,7 +41,8 @@ def stages(ddf, space, config, calibration, model, device: str):
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times = {"first_pass": 0.0, "refine": 0.0, "context": 0.0}
     tables = []
-    for block in rt_blocks(ddf, cfg):
+    space, calibration, model = plan.space, plan.calibration, plan.context
+    for block in plan.blocks:
         block = block.compute()
         t = time.perf_counter()
         r = join_and_score(block, space, cfg, calibration)
@@ -63,18 +64,16 @@ def stages(ddf, space, config, calibration, model, device: str):
 
 
 def fitted(peaks, library, config):
+    """The run plan (calibration, blocks, context model), as ``run`` makes it."""
     import dask
 
     from dask_assign.filtering.space import prepare_library
-    from dask_assign.graph.plan import calibrate, context_model, rt_blocks
+    from dask_assign.graph.plan import plan_run
     from dask_assign.graph.run import as_dask_frame
 
     with dask.config.set(scheduler="synchronous"):
         ddf = as_dask_frame(peaks, config)
-        space = prepare_library(library, config)
-        calibration = calibrate(ddf, space, config)
-        model = context_model(rt_blocks(ddf, config), config, calibration)
-    return ddf, space, calibration, model
+        return plan_run(ddf, prepare_library(library, config), config)
 
 
 def compare(a, b) -> dict:
@@ -111,9 +110,9 @@ def main():
             sets[name] = Path(a.shared) / name
     with dask.config.set(scheduler="synchronous"):
         for name, folder in sets.items():
-            ddf, space, cal, model = fitted(folder / "peaks.csv", folder / "library.csv", config)
-            _, cpu = stages(ddf, space, config, cal, model, "cpu")
-            _, gpu = stages(ddf, space, config, cal, model, "cuda")
+            plan = fitted(folder / "peaks.csv", folder / "library.csv", config)
+            _, cpu = stages(plan, config, "cpu")
+            _, gpu = stages(plan, config, "cuda")
             same = compare(cpu, gpu)
             report["equality"][name] = same
             ok &= all(same.values())
@@ -124,13 +123,13 @@ def main():
         for size in [int(float(s)) for s in a.sizes.split(",")]:
             work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
             make(work, size, 100_000)
-            ddf, space, cal, model = fitted(work / "peaks.parquet", work / "library.csv",
-                                            config.replace(device="cuda"))
+            plan = fitted(work / "peaks.parquet", work / "library.csv",
+                          config.replace(device="cuda"))
             row = {"peaks": size}
             for device in ("cuda", "cpu"):
                 if device == "cpu" and size > a.cpu_up_to:
                     continue
-                times, _ = stages(ddf, space, config, cal, model, device)
+                times, _ = stages(plan, config, device)
                 row[device] = times
             report["timing"].append(row)
             print(json.dumps(row), flush=True)

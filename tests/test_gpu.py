@@ -29,7 +29,7 @@ def test_gpu_flag_without_a_device_fails_before_any_work(tmp_path):
 
 def _annotate(device):
     from dask_assign.filtering.space import prepare_library
-    from dask_assign.graph.plan import calibrate, context_model, rt_blocks
+    from dask_assign.graph.plan import plan_run
     from dask_assign.graph.run import as_dask_frame
     from dask_assign.graph.tasks import add_context, join_and_score, refine_partition
     from dask_assign.scoring.tables import to_tables
@@ -37,15 +37,14 @@ def _annotate(device):
     config = AssignConfig()
     with dask.config.set(scheduler="synchronous"):
         ddf = as_dask_frame(DEMO / "peaks.csv", config)
-        space = prepare_library(DEMO / "library.csv", config)
-        cal = calibrate(ddf, space, config)
-        model = context_model(rt_blocks(ddf, config), config, cal)
-        cfg = config.replace(device=device)
+        plan = plan_run(ddf, prepare_library(DEMO / "library.csv", config), config)
+        space, cal, cfg = plan.space, plan.calibration, config.replace(device=device)
         tables = []
-        for block in rt_blocks(ddf, cfg):
+        for block in plan.blocks:  # the run's blocks, scored on ``device`` here
             block = block.compute()
             r = refine_partition(join_and_score(block, space, cfg, cal), space, cfg, cal)
-            tables.append(to_tables(add_context(r, block, space, cfg, cal, model), space)[0])
+            r = add_context(r, block, space, cfg, cal, plan.context)
+            tables.append(to_tables(r, space)[0])
     import pandas as pd
 
     return pd.concat(tables).sort_values("peak_id").reset_index(drop=True)

@@ -95,8 +95,8 @@ def drift_votes(part, space: SearchSpace, config: AssignConfig, fraction: float,
 
 @numba.njit(cache=True, nogil=True)
 def _vote_loop(peak_rt, ion_rt, weight, slopes, max_drift, width, n_bins, total):
-    # The torch twin's formulas, pair by pair: no [slopes x pairs] temporaries (those made the
-    # drift search a third of the calibration's time at 1M peaks).
+    # The torch twin's formulas, pair by pair: no [slopes x pairs] temporaries (the cost they
+    # had: benchmarks/NOTES.md).
     for s in range(slopes.size):
         base = s * n_bins
         for j in range(peak_rt.size):

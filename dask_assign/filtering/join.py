@@ -141,9 +141,7 @@ def run_filling(kernel, args: tuple, size: int, n_out: int) -> list[np.ndarray]:
 def _range_join_cpu(peak_mz, peak_rt, ion_mz, ion_rt, ppm, rt_window):
     pm, pr = peak_mz.numpy(), peak_rt.numpy()
     # Peaks in m/z order make the join a merge of two sorted lists: consecutive peaks read
-    # neighbouring ions, and each reads only its own window. At 1M peaks x 800k ions
-    # (`benchmarks/join.py`): argsort 16 ms, merge 47 ms, back to peak order 28 ms; 0.25 s
-    # for the loop over unsorted peaks it replaced.
+    # neighbouring ions, and each reads only its own window (timings: benchmarks/NOTES.md).
     order = np.argsort(pm)
     args = (pm[order], pr[order], ion_mz.numpy(), ion_rt.numpy(), ppm * 1e-6, float(rt_window))
     sp, si = run_filling(_merge_sweep, args, 4 * pm.shape[0] + 1024, 2)

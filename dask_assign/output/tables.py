@@ -42,7 +42,7 @@ def arrow_schema(dtypes: dict) -> pa.Schema:
 
 #: Columns Parquet stores dictionary-encoded: the library's labels, a few thousand distinct
 #: values in millions of rows. Ids of peaks and floats are unique: trying a dictionary for
-#: them only costs time (writing a block's files 0.63 -> 0.45 s).
+#: them only costs time (benchmarks/NOTES.md).
 DICTIONARY_COLUMNS = ["compound_id", "name", "formula", "adduct", "isotope"]
 
 

@@ -165,7 +165,7 @@ def test_a_kill_at_any_step_of_the_commit_leaves_the_old_or_the_new_result(resul
 
     write_report(template)  # a report of the old result: the package's file, replaced too
     cases = tmp_path / "cases"
-    res = subprocess.run([sys.executable, "-c", "import sys; from tests.test_output import "
+    res = subprocess.run([sys.executable, "-c", "import sys; from tests.output.test_tables import "
                           "kill_driver; kill_driver(*sys.argv[1:])", str(cases), str(template),
                           str(new), exchange], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
