@@ -60,7 +60,8 @@ def _add_run_options(p: argparse.ArgumentParser):
                         "Parquet tables")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: "
                    "$DASK_SCHEDULER_ADDRESS, else a new local cluster)")
-    p.add_argument("--workers", type=int, help="worker processes of the local cluster")
+    p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: "
+                   "one per core, at most 4; small runs: one in-process worker)")
     p.add_argument("--gpu", action="store_true",
                    help="run on the GPUs: a dask-cuda LocalCUDACluster (one worker per GPU), "
                         "CUDA kernels (--device cuda), cudf partitions where RAPIDS is "
@@ -85,12 +86,16 @@ def _add_tls_options(p):
 
 
 def _config(args):
-    from dask_assign.scoring.model import scorer_params
-
-    from .config import AssignConfig, SettingError
+    from .config import DEFAULT_MODEL, NO_MODEL, AssignConfig, ScorerParams, SettingError
 
     kwargs = {s.name: getattr(args, s.name) for s in settings()}
-    kwargs["scorer"] = scorer_params(kwargs.pop("model"))
+    model = kwargs.pop("model")
+    if model in (DEFAULT_MODEL, NO_MODEL):  # checked without importing torch
+        kwargs["scorer"] = ScorerParams()
+    else:
+        from dask_assign.scoring.model import scorer_params
+
+        kwargs["scorer"] = scorer_params(model)
     first = next(s for s in settings() if s.name == "k_first").default
     if kwargs["k_first"] == first:  # not given: the first pass keeps at most k_max too
         kwargs["k_first"] = min(first, kwargs["k_max"])
@@ -154,8 +159,10 @@ def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, wor
             ddf = ddf.to_backend("cudf")  # else pandas partitions, moved to the GPU by torch
         # The dask-kubernetes operator tells a DaskJob pod its scheduler this way.
         address = args.scheduler or scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
-        client, cluster = connect(address, args.workers or workers, security=_security(args),
-                                  gpu=gpu and not address)
+        n_workers = args.workers or workers
+        small = not (address or gpu or n_workers) and _input_bytes(peaks) < SMALL_RUN_BYTES
+        client, cluster = connect(address, n_workers, security=_security(args),
+                                  gpu=gpu and not address, processes=not small)
         try:
             print(f"dashboard: {client.dashboard_link}", flush=True)
             summary = run(ddf, space, out, config, client=client, fmt=fmt or args.format,
@@ -170,6 +177,18 @@ def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, wor
         remove_own_folder(workdir)
     summary["dashboard"] = client.dashboard_link
     return summary
+
+
+#: Peak tables smaller than this (bytes on disk; about 250k peaks of CSV) run on a cluster in
+#: the client's process unless ``--workers`` asks for processes: starting worker processes
+#: (each imports torch) takes longer than annotating them (benchmarks/NOTES.md).
+SMALL_RUN_BYTES = 16 * 2**20
+
+
+def _input_bytes(path) -> int:
+    path = Path(path)
+    files = path.rglob("*") if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 def _cudf_usable() -> bool:

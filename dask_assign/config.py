@@ -9,8 +9,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from dask_assign.calibration.curves import Curve
+if TYPE_CHECKING:  # imported where a curve is made: settings alone need no torch
+    from dask_assign.calibration.curves import Curve
 
 OVERFLOW_POLICIES = ("prefilter", "rounds", "flag")
 
@@ -445,16 +447,22 @@ class Calibration:
     @property
     def mass_offset(self) -> Curve:
         """The systematic mass error (ppm) as a function of m/z."""
+        from dask_assign.calibration.curves import Curve
+
         return Curve(self.mass_knots, self.mass_offsets)
 
     @property
     def rt_map(self) -> Curve:
         """Expected observed RT as a function of library RT."""
+        from dask_assign.calibration.curves import Curve
+
         return Curve(self.rt_knots, self.rt_values)
 
     @property
     def isomer_rt(self) -> Curve | None:
         """log density of an unlisted isomer's RT residual (``None``: anywhere in the run)."""
+        from dask_assign.calibration.curves import Curve
+
         return Curve(self.isomer_rt_knots, self.isomer_rt_log_density) \
             if self.isomer_rt_knots else None
 

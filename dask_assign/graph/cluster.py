@@ -154,7 +154,7 @@ def gpu_cluster(workers: int | None, security=None, rmm_pool_size: str | None = 
 
 def connect(scheduler: str | None = None, workers: int | None = None,
             threads_per_worker: int = 1, memory_limit="auto", security=None,
-            gpu: bool = False):
+            gpu: bool = False, processes: bool = True):
     """A client on an existing scheduler, or on a new LocalCluster of worker processes.
 
     Parameters
@@ -172,6 +172,10 @@ def connect(scheduler: str | None = None, workers: int | None = None,
     gpu : bool
         Start a dask-cuda ``LocalCUDACluster`` (one worker per GPU, at most ``workers``)
         instead of a LocalCluster; see :func:`gpu_cluster`.
+    processes : bool
+        ``False``: a LocalCluster in this process (one worker, a thread per core, each task
+        with ``threads_per_worker`` torch threads): it starts in a fraction of a second,
+        where each worker process would import torch again; for small runs.
 
     Returns
     -------
@@ -198,6 +202,12 @@ def connect(scheduler: str | None = None, workers: int | None = None,
         cluster = gpu_cluster(workers, security)
         client = Client(cluster, security=security)
         client.register_plugin(TorchOnRMM())
+    elif not processes:
+        n = workers or max(1, min(os.cpu_count() or 1, 4))
+        cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False,
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                               memory_limit=memory_limit, security=security)
+        client = Client(cluster, security=security)
     else:
         n = workers or max(1, min(os.cpu_count() or 1, 4))
         with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):

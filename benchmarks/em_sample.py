@@ -1,0 +1,80 @@
+"""How many peaks the calibration needs: its fit and the run's accuracy against the size of
+the EM sample, on one synthetic run (``context_pass.make``: peaks x compounds, truth known).
+
+    OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/em_sample.py [PEAKS] [COMPOUNDS]
+
+For each sample size the run is annotated end to end (``dask_assign.run`` on a 2-worker
+LocalCluster, started once) with ``EM_SAMPLE`` set to it; prints the calibration's seconds,
+its fitted mass spread, RT spread and null prior, and the run's known_top1, unknown_null and
+overall against the truth. A peak sample is chosen by a hash of the peak id, so a smaller
+sample is a subset of a larger one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from context_pass import make  # noqa: E402  (a sibling script)
+
+SIZES = (12_500, 25_000, 50_000, 100_000, 200_000)
+
+
+def scores(result: Path, truth: pd.DataFrame) -> dict:
+    a = pd.read_parquet(result / "assignments.parquet", columns=["peak_id", "compound_id"])
+    m = truth.merge(a, on="peak_id", suffixes=("_true", ""))
+    known = m["compound_id_true"].notna()
+    right = m["compound_id"].fillna("") == m["compound_id_true"].fillna("")
+    return {"known_top1": round(float(right[known].mean()), 4),
+            "unknown_null": round(float(m.loc[~known, "compound_id"].isna().mean()), 4),
+            "overall": round(float(right.mean()), 4)}
+
+
+def main(n_peaks: int = 500_000, n_compounds: int = 100_000):
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    import dask_assign
+    from dask_assign.graph import plan
+    from dask_assign.graph.cluster import connect
+
+    work = Path(tempfile.mkdtemp(prefix="em-sample-"))
+    n = make(work, n_peaks, n_compounds)
+    truth = pd.read_parquet(work / "truth.parquet")
+    truth["compound_id"] = truth["compound_id"].astype("string")
+    client, cluster = connect(workers=2)
+    rows = []
+    try:
+        for size in SIZES:
+            if size > n:
+                continue
+            plan.EM_SAMPLE = size
+            out = work / f"out-{size}"
+            t = time.perf_counter()
+            summary = dask_assign.run(work / "peaks.parquet", work / "library.csv", out,
+                                      client=client)
+            wall = time.perf_counter() - t
+            cal = json.loads((out / "calibration.json").read_text())
+            rows.append({"em_sample": size, "run_s": round(wall, 1),
+                         "calibrate_s": round(summary["seconds"]["calibrate"], 1),
+                         "mass_sigma_ppm": round(cal["mass_sigma_ppm"], 3),
+                         "rt_sigma": round(cal["rt_sigma"], 4),
+                         "null_prior": round(cal["null_prior"], 4), **scores(out, truth)})
+            print(rows[-1], flush=True)
+    finally:
+        client.close()
+        cluster.close()
+    print(f"\n{n:,} peaks x {n_compounds:,} compounds")
+    print("| " + " | ".join(rows[0]) + " |")
+    print("|" + "---|" * len(rows[0]))
+    for r in rows:
+        print("| " + " | ".join(str(v) for v in r.values()) + " |")
+
+
+if __name__ == "__main__":
+    main(*(int(float(a)) for a in sys.argv[1:]))
