@@ -205,7 +205,8 @@ def connect(scheduler: str | None = None, workers: int | None = None,
     elif not processes:
         n = workers or max(1, min(os.cpu_count() or 1, 4))
         cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False,
-                               host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                               protocol="tcp://", host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0",
                                memory_limit=memory_limit, security=security)
         client = Client(cluster, security=security)
     else:
