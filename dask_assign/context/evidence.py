@@ -397,8 +397,10 @@ def _sibling_odds(f_peak, f_ion, space: SearchSpace, peaks: dict, li, core_rows,
     def tt(x):
         return torch.as_tensor(x, device=device)
 
-    block_mz = block["mz"].to_numpy(dtype=np.float64)
-    block_rt = block["rt"].to_numpy(dtype=np.float64)
+    # Copies: a frame's columns can be read-only views (copy on write), which torch wraps
+    # only with a warning.
+    block_mz = block["mz"].to_numpy(dtype=np.float64, copy=True)
+    block_rt = block["rt"].to_numpy(dtype=np.float64, copy=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         block_li = np.log(block["intensity"].to_numpy(dtype=np.float64, na_value=np.nan))
     # The peak is the whole cluster (unresolved) or the member it lies at alone (resolved,
@@ -455,8 +457,10 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     device = scored.p_null.device
     n = int(scored.p_null.shape[0])
     core_rows = np.asarray(core_rows, dtype=np.int64)
-    block_mz = block["mz"].to_numpy(dtype=np.float64)
-    block_rt = block["rt"].to_numpy(dtype=np.float64)
+    # Copies: a frame's columns can be read-only views (copy on write), which torch wraps
+    # only with a warning.
+    block_mz = block["mz"].to_numpy(dtype=np.float64, copy=True)
+    block_rt = block["rt"].to_numpy(dtype=np.float64, copy=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         block_li = torch.as_tensor(np.log(block["intensity"].to_numpy(
             dtype=np.float64, na_value=np.nan)), device=device)
