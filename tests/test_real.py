@@ -34,14 +34,19 @@ FLOORS = {
 pytestmark = pytest.mark.skipif(not REAL.exists(), reason="needs ../shared (the real runs)")
 
 
-def score(folder, result, tmp_path) -> dict:
-    calls = pd.read_parquet(result / "assignments.parquet")[["peak_id", "compound_id", "prob"]]
+def score_calls(folder, calls: pd.DataFrame, tmp_path) -> dict:
+    """The reference scorer's figures of ``calls`` (peak_id, compound_id[, prob])."""
     path = tmp_path / "calls.csv"
     calls.to_csv(path, index=False)
     out = subprocess.run([sys.executable, str(SCORER), str(folder / "truth.csv"),
                           str(folder / "library.csv"), str(path), "--json"],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
+
+
+def score(folder, result, tmp_path) -> dict:
+    calls = pd.read_parquet(result / "assignments.parquet")[["peak_id", "compound_id", "prob"]]
+    return score_calls(folder, calls, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +117,4 @@ def mz_rule(folder, tmp_path, ppm=3.0) -> dict:
     ok = np.abs(ion[near] - peaks["mz"]) <= ppm * 1e-6 * ion[near]
     calls = pd.DataFrame({"peak_id": peaks["peak_id"], "compound_id": np.where(ok, who[near],
                                                                                None)})
-    path = tmp_path / "rule.csv"
-    calls.to_csv(path, index=False)
-    out = subprocess.run([sys.executable, str(SCORER), str(folder / "truth.csv"),
-                          str(folder / "library.csv"), str(path), "--json"],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    return score_calls(folder, calls, tmp_path)

@@ -202,20 +202,17 @@ def connect(scheduler: str | None = None, workers: int | None = None,
         cluster = gpu_cluster(workers, security)
         client = Client(cluster, security=security)
         client.register_plugin(TorchOnRMM())
-    elif not processes:
-        n = workers or max(1, min(os.cpu_count() or 1, 4))
-        cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False,
-                               protocol="tcp://", host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0",
-                               memory_limit=memory_limit, security=security)
-        client = Client(cluster, security=security)
     else:
         n = workers or max(1, min(os.cpu_count() or 1, 4))
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
-            cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
-                                   processes=True, host="127.0.0.1",
-                                   dashboard_address="127.0.0.1:0",
-                                   memory_limit=memory_limit, security=security)
+        local = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+                 "memory_limit": memory_limit, "security": security}
+        if processes:
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+                cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
+                                       processes=True, **local)
+        else:  # one worker in this process, a thread per core
+            cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False,
+                                   protocol="tcp://", **local)
         client = Client(cluster, security=security)
     client.register_plugin(TorchThreads(threads_per_worker))
     client.register_plugin(ReturnFreedMemory())
