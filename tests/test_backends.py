@@ -100,7 +100,17 @@ def isotope_odds_case(kernel, device):
             "p_null": out.scored.p_null.cpu()}
 
 
-TWINS = {"range_join": range_join_case, "rank_within_peak": rank_case,
+def curve_case(kernel, device):
+    from dask_assign.calibration.curves import Curve, knot_grid
+
+    rng = np.random.default_rng(6)
+    knots = knot_grid(0.5, 14.5, 9)
+    curve = Curve(tuple(knots.tolist()), tuple((knots * 1.02 + rng.normal(0, 0.1, 9)).tolist()))
+    x = np.r_[rng.uniform(-3, 20, 5000), np.nan, np.inf, -np.inf, knots]
+    return {"y": curve(torch.from_numpy(x).to(device), kernel=kernel).cpu()}
+
+
+TWINS = {"range_join": range_join_case, "rank_within_peak": rank_case, "curve": curve_case,
          "drift_votes": drift_case, "isotope_odds": isotope_odds_case}
 
 

@@ -21,7 +21,12 @@ from dask_assign.calibration.curves import curve_statistics, fit_curve, n_statis
 from dask_assign.calibration.isomer_rt import with_isomer_rt
 from dask_assign.chemistry.adducts import DECOY_SHIFTS
 from dask_assign.config import AssignConfig, Calibration, ScorerParams
-from dask_assign.filtering.join import batches_by_pairs, range_join, window_bounds
+from dask_assign.filtering.join import (
+    MassBinIndex,
+    batches_by_pairs,
+    range_join,
+    window_bounds,
+)
 from dask_assign.filtering.space import SearchSpace, calibrated_ions, centred_mz, main_adduct
 from dask_assign.scoring.model import MODEL_FIELDS
 from dask_assign.scoring.passes import peak_tensors, score_in_batches
@@ -145,16 +150,19 @@ def decoy_pairs(peaks: dict, space: SearchSpace, config: AssignConfig,
     per shift. Peaks are not spread evenly: they crowd where molecules' masses are, as the
     library's ions do, and the decoys measure how much more often than an even spread
     chance puts a peak beside an ion."""
-    ions = space.tensors(config.device)
+    # Only those ions are counted: the join runs on them alone (a few % of the table).
+    rows = np.flatnonzero((space.adduct == adduct) & (space.isotope == 0))
+    ion_mz = torch.as_tensor(space.mz[rows], device=peaks["mz"].device)
+    no_rt = torch.full_like(ion_mz, float("nan"))
+    bins = MassBinIndex.build(space.mz[rows], space.bins_ppm)
     total = 0
     for d in DECOY_SHIFTS:
         shifted = centred_mz(peaks["mz"] + d, calibration)
-        lo, hi = window_bounds(shifted, space.bins)
+        lo, hi = window_bounds(shifted, bins)
         for a, b in batches_by_pairs(lo, hi, config.max_pairs):
-            _, ii = range_join(shifted[a:b], peaks["rt"][a:b], ions["mz"], ions["rt"],
-                               space.bins, config.ppm, float("inf"))
-            mono = torch.as_tensor(space.isotope == 0, device=ii.device)[ii]
-            total += int(((ions["adduct"][ii] == adduct) & mono).sum())
+            _, ii = range_join(shifted[a:b], peaks["rt"][a:b], ion_mz, no_rt, bins,
+                               config.ppm, float("inf"))
+            total += int(ii.numel())
     return total / len(DECOY_SHIFTS)
 
 

@@ -68,6 +68,20 @@ class IonTable:
         return len(self.ions)
 
 
+def ion_order(mz: np.ndarray, compound: np.ndarray, adduct: np.ndarray,
+              isotope: np.ndarray) -> np.ndarray:
+    """The order of the ion table: by m/z, ties (isomers share every m/z) by compound, adduct
+    and isotopologue; equal to ``np.lexsort((isotope, adduct, compound, mz))``, in half its
+    time: the three integer keys as one, then a stable sort by m/z."""
+    compound, adduct, isotope = (np.asarray(v, dtype=np.int64) for v in (compound, adduct,
+                                                                         isotope))
+    if mz.size == 0:
+        return np.empty(0, np.int64)
+    n_adduct, n_isotope = int(adduct.max()) + 1, int(isotope.max()) + 1
+    first = np.argsort((compound * n_adduct + adduct) * n_isotope + isotope)
+    return first[np.argsort(mz[first], kind="stable")]
+
+
 def element_counts(library: pd.DataFrame) -> dict:
     """The ``n_<element>`` columns of a library frame, by element symbol."""
     return {c[2:]: library[c].to_numpy(dtype=np.int64) for c in library.columns
@@ -193,8 +207,8 @@ def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 3,
         "group": parent.astype(np.int32),
     })
     # Sorting by m/z (ties by compound, adduct, isotope) fixes one order for every partition.
-    ions = ions.sort_values(["mz", "compound", "adduct", "isotope"], kind="stable",
-                            ignore_index=True)
+    order = ion_order(*(ions[c].to_numpy() for c in ("mz", "compound", "adduct", "isotope")))
+    ions = ions.take(order).reset_index(drop=True)
     compounds = library[["compound_id", "name", "formula"]].reset_index(drop=True)
     n_carbon = counts.get("C", np.zeros(len(library), np.int64))
     carbon = np.where(has_formula, n_carbon, np.nan).astype(np.float64)

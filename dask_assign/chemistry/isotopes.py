@@ -30,7 +30,9 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
+import numba
 import numpy as np
+import pandas as pd
 from molmass import ELEMENTS
 
 
@@ -269,15 +271,16 @@ def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3)
         if radix > 2**62:
             raise ValueError("too many isotope configurations to label")
     # One label text per distinct code.
-    codes, inverse = np.unique(code, return_inverse=True)
+    inverse, codes = pd.factorize(code)
     names = []
     for c in codes.tolist():
         parts = [texts[(c // r) % len(texts)] for r, texts in digits]
         names.append("+".join(t for t in parts if t) or None)
     labels = sorted({t for t in names if t is not None}, key=_label_key)
     index = {None: 0, **{t: i + 1 for i, t in enumerate(labels)}}
-    label = np.asarray([index[t] for t in names], dtype=np.int64)[inverse.ravel()]
-    rows = np.lexsort((label, ion))  # each ion's rows together, the monoisotopic one first
+    label = np.asarray([index[t] for t in names], dtype=np.int64)[inverse]
+    # Each ion's rows together, the monoisotopic one first: (ion, label) is unique per row.
+    rows = np.argsort(ion * (len(labels) + 1) + label)
     return Isotopologues(ion[rows], dm[rows], lr[rows], neutrons[rows], label[rows],
                          (None, *labels))
 
@@ -301,7 +304,7 @@ def _label_key(text: str):
 
 
 def merge_unresolved(group: np.ndarray, mz: np.ndarray, log_abundance: np.ndarray,
-                     label: np.ndarray, tol_ppm: float):
+                     label: np.ndarray, tol_ppm: float, rows: np.ndarray | None = None):
     """Merge the isotopologues of one ion whose m/z lie within ``tol_ppm`` of each other.
 
     An instrument sees such a group as one peak: at the abundance-weighted mean m/z, with the
@@ -314,11 +317,15 @@ def merge_unresolved(group: np.ndarray, mz: np.ndarray, log_abundance: np.ndarra
     mz, log_abundance, label : numpy.ndarray
     tol_ppm : float
         Largest gap (ppm) between neighbours in m/z that an instrument cannot resolve.
+    rows : numpy.ndarray (int64), optional
+        The rows grouped by ``group`` in increasing order (any order within a group), where
+        the caller has them; else found by a stable sort of ``group``.
 
     Returns
     -------
     keep : numpy.ndarray (int64)
-        Row (of the input) that stands for each merged isotopologue: its most abundant member.
+        Row (of the input) that stands for each merged isotopologue: its most abundant member
+        (the lowest m/z among equals), in increasing order.
     mz, log_abundance : numpy.ndarray
         Of the merged isotopologues, in the order of ``keep``.
 
@@ -329,19 +336,59 @@ def merge_unresolved(group: np.ndarray, mz: np.ndarray, log_abundance: np.ndarra
     >>> keep.tolist(), mz.round(6).tolist(), np.exp(la).round(3).tolist()
     ([0, 1], [100.0, 101.000001], [1.0, 0.11])
     """
-    order = np.lexsort((mz, group))
-    g, m = group[order], mz[order]
-    new = np.ones(order.size, dtype=bool)
-    new[1:] = (g[1:] != g[:-1]) | ((m[1:] - m[:-1]) > tol_ppm * 1e-6 * m[1:])
-    cluster = np.cumsum(new) - 1
-    n = int(cluster[-1]) + 1 if cluster.size else 0
-    w = np.exp(log_abundance[order])
-    total = np.bincount(cluster, weights=w, minlength=n)
-    mean_mz = np.bincount(cluster, weights=w * m, minlength=n) / total
-    # The most abundant member of each cluster (first among equals).
-    best = np.lexsort((-w, cluster))
-    first = np.ones(best.size, dtype=bool)
-    first[1:] = cluster[best][1:] != cluster[best][:-1]
-    keep = order[best[first]]
-    back = np.argsort(keep, kind="stable")
-    return keep[back], mean_mz[back], np.log(total)[back]
+    group = np.asarray(group, dtype=np.int64)
+    if group.size == 0:
+        return np.empty(0, np.int64), np.empty(0), np.empty(0)
+    if rows is None:
+        rows = np.argsort(group, kind="stable")
+    # Group boundaries along ``rows``.
+    g = group[rows]
+    start = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True]).astype(np.int64)
+    keep, mean, total = _merge_groups(np.ascontiguousarray(rows, dtype=np.int64), start,
+                                      np.ascontiguousarray(mz, dtype=np.float64),
+                                      np.exp(np.asarray(log_abundance, dtype=np.float64)),
+                                      float(tol_ppm))
+    kept = np.flatnonzero(keep)
+    return kept, mean[kept], np.log(total[kept])
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_groups(rows, start, mz, w, tol_ppm):
+    """Per group (``rows[start[g]:start[g + 1]]``, a few isotopologues each): members in m/z
+    order, clusters of neighbours no more than ``tol_ppm`` apart, each cluster's weighted mean
+    m/z and total at its most abundant member. Sums run in m/z order."""
+    n = mz.size
+    keep = np.zeros(n, np.bool_)
+    mean = np.zeros(n)
+    total = np.zeros(n)
+    widest = 0
+    for k in range(start.size - 1):
+        widest = max(widest, start[k + 1] - start[k])
+    buf = np.empty(widest, np.int64)
+    for k in range(start.size - 1):
+        a, m = start[k], start[k + 1] - start[k]
+        for i in range(m):  # insertion sort by (m/z, row)
+            r = rows[a + i]
+            j = i
+            while j > 0 and (mz[buf[j - 1]] > mz[r] or (mz[buf[j - 1]] == mz[r]
+                                                       and buf[j - 1] > r)):
+                buf[j] = buf[j - 1]
+                j -= 1
+            buf[j] = r
+        i = 0
+        while i < m:
+            j = i + 1
+            while j < m and mz[buf[j]] - mz[buf[j - 1]] <= tol_ppm * 1e-6 * mz[buf[j]]:
+                j += 1
+            s, sm, best = 0.0, 0.0, buf[i]
+            for q in range(i, j):
+                r = buf[q]
+                s += w[r]
+                sm += w[r] * mz[r]
+                if w[r] > w[best]:
+                    best = r
+            keep[best] = True
+            mean[best] = sm / s
+            total[best] = s
+            i = j
+    return keep, mean, total

@@ -289,11 +289,14 @@ def plan_run(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     if (calibration is None and config.calibrate) or (
             n_blocks is None and blocks_may_overfill(n_peaks, ddf.npartitions, config)):
         sample = peak_sample(ddf, n_peaks)
+    space_key = None
     if calibration is None:
-        calibration = calibrate(ddf, space, config, on_workers(space), sample)
+        space_key = on_workers(space)
+        calibration = calibrate(ddf, space, config, space_key, sample)
     # Isotopologues closer than the run's mass spread are one peak to this instrument.
     resolved = space.resolved(max(config.isotope_merge_ppm, calibration.mass_sigma_ppm))
-    space_key = on_workers(resolved)
+    if resolved is not space or space_key is None:  # the cluster holds the space once
+        space_key = on_workers(resolved)
     # The evidence is a sum over blocks, the same for any blocks: fitted on one block a
     # partition, so that the planner can count pairs as the run will score them.
     blocks = rt_blocks(ddf, config, n_blocks or ddf.npartitions)

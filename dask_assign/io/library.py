@@ -88,7 +88,9 @@ def read_library(path, columns=None, rt_unit: str = "min") -> pd.DataFrame:
             charge[i] = f.charge
             for el, k in f.elements.items():
                 if el.isalpha():  # '13C' and the like are fixed labels, not elements
-                    counts.setdefault(el, np.zeros(n, dtype=np.int64))[i] = k
+                    if el not in counts:
+                        counts[el] = np.zeros(n, dtype=np.int64)
+                    counts[el][i] = k
         if bad_rows:
             raise InputError(source, f"unparsable formula ({bad_msg})", column=cols["formula"],
                              rows=_row_numbers(np.array(bad_rows), unit), values=bad_vals[:5],

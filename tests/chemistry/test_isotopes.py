@@ -178,6 +178,43 @@ def test_merge_joins_what_an_instrument_cannot_resolve():
     assert keep.tolist() == [0, 1, 2, 3]
 
 
+def _merge_by_hand(group, mz, la, tol):
+    """Oracle: each group's members sorted by m/z, cut where neighbours lie farther apart
+    than ``tol`` ppm (of the heavier one); each cluster at its first most abundant member."""
+    keep, mean, total = [], {}, {}
+    for g in np.unique(group):
+        members = sorted(np.flatnonzero(group == g), key=lambda r: (mz[r], r))
+        cluster = [members[0]]
+        for r in [*members[1:], None]:
+            if r is not None and mz[r] - mz[cluster[-1]] <= tol * 1e-6 * mz[r]:
+                cluster.append(r)
+                continue
+            w = np.exp(la[cluster])
+            best = cluster[int(np.argmax(w))]
+            keep.append(best)
+            mean[best] = float((w * mz[cluster]).sum() / w.sum())
+            total[best] = float(np.log(w.sum()))
+            cluster = [r]
+    keep = sorted(keep)
+    return keep, [mean[k] for k in keep], [total[k] for k in keep]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merge_equals_a_merge_by_hand(seed):
+    """Groups in any row order, ties in m/z and abundance, the given grouping or none."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    group = rng.integers(0, 60, n)
+    mz = np.round(300 + rng.integers(0, 3, n) + rng.normal(0, 4e-4, n), 4)  # ties on purpose
+    la = np.log(rng.choice([1.0, 0.5, 0.1, 0.1, 0.01], n))
+    want = _merge_by_hand(group, mz, la, 3.0)
+    for rows in (None, np.lexsort((rng.random(n), group))):
+        keep, mz2, la2 = merge_unresolved(group, mz, la, np.zeros(n, int), 3.0, rows=rows)
+        assert keep.tolist() == want[0]
+        np.testing.assert_allclose(mz2, want[1], rtol=1e-15)
+        np.testing.assert_allclose(la2, want[2], rtol=1e-12, atol=1e-15)
+
+
 def test_threshold_and_shift_bounds():
     t = isotopologues(counts_of(["C20H30N5O6PS"]), 1e-2, max_shift=1)
     assert (np.exp(t.log_abundance) >= 1e-2 - 1e-12).all()
