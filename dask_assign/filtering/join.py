@@ -97,9 +97,10 @@ def _merge_sweep(peak_mz, peak_rt, ion_mz, ion_rt, rel_tol, rt_window, out_p, ou
     """The pairs of :func:`range_join` for peaks sorted by m/z, written while they fit in
     ``out_*`` (``out_p``: the peak's position in this order). Returns their number.
 
-    A merge of two sorted lists: the first ion a peak can match only moves forward, and each
-    peak looks only at the ions between ``mz / (1 + tol)`` and ``mz / (1 - tol)`` (widened by
-    1e-12 against rounding); the exact test then decides, as in the torch kernel."""
+    A merge of two sorted lists: the first ion a peak can match only moves forward (found by
+    bisection from the last one), and each peak looks only at the ions between
+    ``mz / (1 + tol)`` and ``mz / (1 - tol)`` (widened by 1e-12 against rounding); the exact
+    test then decides, as in the torch kernel."""
     size = out_p.size
     n_ions = ion_mz.size
     lo = 0
@@ -108,8 +109,10 @@ def _merge_sweep(peak_mz, peak_rt, ion_mz, ion_rt, rel_tol, rt_window, out_p, ou
         mz = peak_mz[p]
         low = mz / (1.0 + rel_tol) * (1.0 - 1e-12)
         high = mz / (1.0 - rel_tol) * (1.0 + 1e-12)
-        while lo < n_ions and ion_mz[lo] < low:
-            lo += 1
+        if lo < n_ions and ion_mz[lo] < low:
+            # A binary search, not a walk: a batch of few peaks over millions of ions would
+            # otherwise read every ion below it.
+            lo += np.searchsorted(ion_mz[lo:], low)
         rt = peak_rt[p]
         i = lo
         while i < n_ions and ion_mz[i] <= high:
