@@ -106,8 +106,11 @@ def curve_case(kernel, device):
     rng = np.random.default_rng(6)
     knots = knot_grid(0.5, 14.5, 9)
     curve = Curve(tuple(knots.tolist()), tuple((knots * 1.02 + rng.normal(0, 0.1, 9)).tolist()))
+    uneven = Curve((39.0, 230.0, 345.0, 448.0, 561.0, 759.0), (0.8, 0.0, 0.8, -0.4, 0.2, 0.2))
     x = np.r_[rng.uniform(-3, 20, 5000), np.nan, np.inf, -np.inf, knots]
-    return {"y": curve(torch.from_numpy(x).to(device), kernel=kernel).cpu()}
+    mz = np.r_[rng.uniform(20, 1000, 5000), np.nan, uneven.knots]
+    return {"y": curve(torch.from_numpy(x).to(device), kernel=kernel).cpu(),
+            "offset": uneven(torch.from_numpy(mz).to(device), kernel=kernel).cpu()}
 
 
 TWINS = {"range_join": range_join_case, "rank_within_peak": rank_case, "curve": curve_case,

@@ -51,13 +51,12 @@ class Curve:
         (:func:`dask_assign.backends.compiled`); the run's calibration is evaluated at every
         ion of the library, millions, many times a run."""
         if isinstance(x, torch.Tensor):
-            if (x.dtype == torch.float64 and self._equally_spaced() and len(self.knots) > 1
-                    and compiled(x, kernel=kernel)):
+            if x.dtype == torch.float64 and len(self.knots) > 1 and compiled(x, kernel=kernel):
                 k = np.asarray(self.knots, dtype=np.float64)
                 v = np.asarray(self.values, dtype=np.float64)
-                h = (k[-1] - k[0]) / (k.size - 1)
-                out = _equal_knots(x.detach().contiguous().numpy(), k, v,
-                                   (v[1:] - v[:-1]) / (k[1:] - k[:-1]), h)
+                h = (k[-1] - k[0]) / (k.size - 1) if self._equally_spaced() else 0.0
+                out = _piecewise(x.detach().contiguous().numpy(), k, v,
+                                 (v[1:] - v[:-1]) / (k[1:] - k[:-1]), h)
                 return torch.from_numpy(out)
             k = torch.as_tensor(self.knots, dtype=x.dtype, device=x.device)
             v = torch.as_tensor(self.values, dtype=x.dtype, device=x.device)
@@ -87,17 +86,22 @@ class Curve:
 
 
 @numba.njit(cache=True, nogil=True)
-def _equal_knots(x, k, v, slope, h):
-    """The compiled twin of the torch path for equal knots, element by element."""
+def _piecewise(x, k, v, slope, h):
+    """The compiled twin of the torch path, element by element: the segment by arithmetic
+    where the knots are ``h`` apart (``h > 0``), else by bisection of the inner knots
+    (``torch.bucketize``'s rule: the first knot not below ``x``)."""
     out = np.empty(x.size)
     last = k.size - 2
+    inner = k[1:-1]
     for j in range(x.size):
         xj = x[j]
         if xj != xj:
-            i = 0
-        else:
+            i = 0 if h > 0 else last
+        elif h > 0:
             f = np.floor((xj - k[0]) / h)
             i = 0 if f < 0 else (last if f > last else int(f))
+        else:
+            i = np.searchsorted(inner, xj)
         out[j] = v[i] + slope[i] * (xj - k[i])
     return out
 
