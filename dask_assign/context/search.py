@@ -142,15 +142,23 @@ def isotope_clusters(space: SearchSpace, groups: np.ndarray, ppm: float):
         close = has & (rep < 0) & (np.abs(space.mz[other] - mz) <= ppm * 1e-6 * mz)
         rep[close] = other[close]
     # Chains (a within the window of b, b of c) join one cluster.
-    by_row = np.argsort(rows)
+    at_row = _positions(rows, space.mz.size)
     for _ in range(rows.size):
-        deeper = rep[by_row][np.searchsorted(rows[by_row], rep)]
+        deeper = rep[at_row[rep]]
         if np.array_equal(deeper, rep):
             break
         rep = deeper
-    total = np.zeros(space.mz.size)  # only the reps' entries are read
-    np.add.at(total, rep, np.exp(space.log_abundance[rows]))
-    return rows, rep, np.log(total[rep])
+    reps, which = np.unique(rep, return_inverse=True)
+    total = np.bincount(which, weights=np.exp(space.log_abundance[rows]), minlength=reps.size)
+    return rows, rep, np.log(total[which])
+
+
+def _positions(rows: np.ndarray, n: int) -> np.ndarray:
+    """Where each of the distinct ``rows`` (of a space of ``n`` rows) stands in ``rows``:
+    a lookup by row, in place of a search in a sorted copy (only those rows are read)."""
+    at = np.empty(n, dtype=np.int64)
+    at[rows] = np.arange(rows.size)
+    return at
 
 
 def sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
@@ -158,10 +166,13 @@ def sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     and the ``SIBLINGS`` most abundant other clusters of its compound and adduct
     (:func:`isotope_clusters`), never the candidate's own cluster.
 
+    Worked out once per distinct ion (a block's candidates name the same ions many times),
+    then given to each candidate.
+
     Returns
     -------
     owner : numpy.ndarray
-        Candidate (index into ``ions``) of each partner cluster.
+        Candidate (index into ``ions``) of each partner cluster, in increasing order.
     cluster : numpy.ndarray
         Each partner's cluster: its most abundant row of the space.
     log_cluster, own_cluster : numpy.ndarray
@@ -169,9 +180,29 @@ def sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     member, member_row : numpy.ndarray
         Every isotopologue to search: its partner (index into ``owner``) and its row.
     """
+    ions = np.asarray(ions)
+    distinct, inverse = np.unique(ions, return_inverse=True)
+    owner_u, cluster_u, log_u, own_u, member_u, row_u = _distinct_sibling_targets(
+        space, distinct, ppm)
+    # Each distinct ion's partners (CSR by owner), then each candidate's: its ion's.
+    p_start = np.r_[0, np.cumsum(np.bincount(owner_u, minlength=distinct.size))]
+    count = (p_start[1:] - p_start[:-1])[inverse]
+    owner = np.repeat(np.arange(ions.size), count)
+    pick = np.repeat(p_start[:-1][inverse] - (np.cumsum(count) - count), count) \
+        + np.arange(owner.size)
+    m_start = np.r_[0, np.cumsum(np.bincount(member_u, minlength=cluster_u.size))]
+    m_count = (m_start[1:] - m_start[:-1])[pick]
+    member = np.repeat(np.arange(pick.size), m_count)
+    at = np.repeat(m_start[:-1][pick] - (np.cumsum(m_count) - m_count), m_count) \
+        + np.arange(member.size)
+    return owner, cluster_u[pick], log_u[pick], own_u[pick], member, row_u[at]
+
+
+def _distinct_sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
+    """:func:`sibling_targets` of distinct ions (same returns)."""
     rows, rep, log_total = isotope_clusters(space, space.group[ions], ppm)
-    by_row = np.argsort(rows)
-    rep_of = rep[by_row][np.searchsorted(rows[by_row], ions)]
+    at_row = _positions(rows, space.mz.size)
+    rep_of = rep[at_row[ions]]
     # Each group's clusters, most abundant first (CSR by group).
     heads = np.flatnonzero(rows == rep)
     c_group, c_rep, c_total = space.group[rows[heads]], rep[heads], log_total[heads]
@@ -181,8 +212,7 @@ def sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     g = np.searchsorted(groups, space.group[ions])
     start, size = first[g], count[g]
     mono = space.group_mono[space.group[ions]]
-    mono_rep = np.where(mono >= 0, rep[by_row][np.searchsorted(
-        rows[by_row], np.maximum(mono, 0))], -1)
+    mono_rep = np.where(mono >= 0, rep[at_row[np.maximum(mono, 0)]], -1)
     owner, cluster, taken = [], [], np.zeros(ions.size, dtype=np.int64)
     has_mono = np.zeros(ions.size, dtype=bool)
     for k in range(int(size.max(initial=0))):
@@ -196,9 +226,10 @@ def sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     owner, cluster = np.concatenate(owner), np.concatenate(cluster)
     key = np.lexsort((cluster, owner))
     owner, cluster = owner[key], cluster[key]
-    total_of = dict(zip(c_rep.tolist(), c_total.tolist(), strict=True))
-    log_cluster = np.array([total_of[c] for c in cluster.tolist()], dtype=np.float64)
-    own_cluster = np.array([total_of[c] for c in rep_of.tolist()], dtype=np.float64)[owner]
+    total_of = np.empty(space.mz.size)  # by cluster head; only heads are read
+    total_of[c_rep] = c_total
+    log_cluster = total_of[cluster]
+    own_cluster = total_of[rep_of][owner]
     # The members of each chosen cluster (CSR by cluster).
     by_rep = np.argsort(rep, kind="stable")
     reps, r_first, r_count = np.unique(rep[by_rep], return_index=True, return_counts=True)
