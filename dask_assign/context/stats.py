@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import torch
 
 from dask_assign.chemistry.adducts import DECOY_SHIFTS
 from dask_assign.chemistry.formulas import C13_ABUNDANCE
@@ -33,6 +34,7 @@ from dask_assign.context.search import (
     sibling_targets,
 )
 from dask_assign.filtering.join import (
+    MassBinIndex,
     batches_by_pairs,
     range_join,
     window_bounds,
@@ -106,15 +108,18 @@ def _adduct_pairs(block, core, space, config, calibration) -> np.ndarray:
         return np.zeros(n_adducts)
     peaks = peak_tensors(block.iloc[rows], "cpu")
     ions = calibrated_ions(space, calibration, "cpu")
+    # Only the monoisotopic ions count: the join runs on them alone.
+    mono = np.flatnonzero(space.isotope == 0)
+    at = torch.as_tensor(mono)
+    ion_mz, ion_rt, adduct = ions["mz"][at], ions["mapped_rt"][at], space.adduct[mono]
+    bins = MassBinIndex.build(space.mz[mono], space.bins_ppm)
     counts = np.zeros(n_adducts)
     mz = centred_mz(peaks["mz"], calibration)
-    lo, hi = window_bounds(mz, space.bins)
+    lo, hi = window_bounds(mz, bins)
     for a, b in batches_by_pairs(lo, hi, config.max_pairs):
-        pi, ii = range_join(mz[a:b], peaks["rt"][a:b], ions["mz"], ions["mapped_rt"],
-                            space.bins, config.ppm, candidate_rt_window(config, calibration))
-        pi, ii = pi.numpy(), ii.numpy()
-        mono = space.isotope[ii] == 0
-        key = np.unique(pi[mono] * n_adducts + space.adduct[ii[mono]])
+        pi, ii = range_join(mz[a:b], peaks["rt"][a:b], ion_mz, ion_rt, bins, config.ppm,
+                            candidate_rt_window(config, calibration))
+        key = np.unique(pi.numpy() * n_adducts + adduct[ii.numpy()])
         counts += np.bincount(key % n_adducts, minlength=n_adducts)
     return counts
 
