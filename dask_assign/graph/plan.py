@@ -39,6 +39,7 @@ from dask_assign.filtering.space import SearchSpace
 from dask_assign.graph.tasks import (
     add_context,
     drift_search,
+    em_fit,
     em_step,
     join_and_score,
     kept_pairs,
@@ -233,6 +234,10 @@ def calibrate(peaks: dd.DataFrame, space: SearchSpace, config: AssignConfig,
                 rt_values=tuple(found[0] + found[1] * k for k in start.rt_knots),
                 rt_sigma=max(start.rt_sigma, 2 * DRIFT_BIN))
             log.info("RT drift search: run RT = %.3f + %.3f x library RT", *found)
+
+    if em_peaks.npartitions == 1:  # the usual case: the sample is at most 50k peaks
+        return dask.delayed(em_fit)(em_peaks.to_delayed()[0], space_key, config,
+                                    start).compute()
 
     def stats_of(calibration):
         parts = em_peaks.map_partitions(em_step, space_key, config, calibration,

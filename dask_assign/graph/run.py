@@ -8,8 +8,9 @@ time, as many as memory asks for, each with a halo of its neighbours ``max_coelu
 so that the context pass sees every co-eluting partner of its peaks: results do not depend on
 the number of blocks. Task names say what they do, so the dashboard's task stream reads as
 the pipeline: ``read_parquet``, ``summarize_peaks``, ``sample_peaks``, ``drift_search``,
-``em_step``, ``kept_pairs``, ``rt_sketch``, ``split_by_rt``, ``rt_block``, ``context_stats``,
-``join_and_score``, ``refine_partition``, ``add_context``, ``write_partition``.
+``em_fit`` (or ``em_step``), ``kept_pairs``, ``rt_sketch``, ``split_by_rt``, ``rt_block``,
+``context_stats``, ``join_and_score``, ``refine_partition``, ``add_context``,
+``write_partition``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from dask_assign.calibration.drift import (
 )
 from dask_assign.calibration.em import (
     em_statistics,
+    fit_calibration,
 )
 from dask_assign.calibration.peaks import peak_summary, sampled
 from dask_assign.context.evidence import apply_context
@@ -47,6 +48,13 @@ def sample_peaks(part, fraction):
 def em_step(part, space, config, calibration):
     """Task: the E-step of calibration on one partition."""
     return em_statistics(part, space, config, calibration)
+
+
+def em_fit(part, space, config, start):
+    """Task: the whole EM of calibration on a sample that is one partition: the same E- and
+    M-steps as a graph per step, without a round trip to the client between them."""
+    return fit_calibration(lambda c: em_statistics(part, space, config, c).sum().to_dict(),
+                           start, config, space)
 
 
 def rt_sketch(part) -> pd.DataFrame:

@@ -102,7 +102,7 @@ def test_compose_cluster_runs_a_submitted_job_like_a_local_cluster(big_peaks, un
             assert "bokeh" in body.lower(), page
         prefixes = client.run_on_scheduler(
             lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
-        for name in ("read_parquet", "summarize_peaks", "drift_search", "em_step",
+        for name in ("read_parquet", "summarize_peaks", "drift_search", "em_fit",
                      "join_and_score",
                      "refine_partition", "write_partition"):
             assert any(p.startswith(name) for p in prefixes), (name, prefixes)

@@ -1,0 +1,35 @@
+"""The run plan's calibration on the scheduler: one task for a one-partition sample, a graph
+per EM step otherwise, the same fit."""
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pytest
+
+from dask_assign.graph.plan import calibrate
+from tests.calibration.test_em import simulate
+
+
+@pytest.fixture(scope="module")
+def run():
+    peaks, space, config = simulate(np.random.default_rng(11), rt_tail=0.2)
+    return peaks, space, config.replace(em_iterations=4)
+
+
+def test_one_partition_or_three_give_the_same_calibration(run):
+    """The EM in one task (a sample of one partition, the usual case) and one graph per step
+    over three partitions fit the same models (sums in another order: to 1e-9)."""
+    peaks, space, config = run
+    ddf = dd.from_pandas(peaks, npartitions=1)
+    with dask.config.set(scheduler="synchronous"):
+        one = calibrate(ddf, space, config, sample=ddf)
+        three = calibrate(ddf, space, config, sample=ddf.repartition(npartitions=3))
+    assert one.iterations == three.iterations >= 2
+    for field in ("mass_offsets", "rt_values", "log_adduct_priors"):
+        a, b = getattr(one, field), getattr(three, field)
+        assert (a is None) == (b is None), field
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9, err_msg=field)
+    for field in ("mass_sigma_ppm", "rt_sigma", "rt_tail_share", "rt_tail_sigma",
+                  "null_prior"):
+        assert getattr(one, field) == pytest.approx(getattr(three, field), rel=1e-9), field
