@@ -127,13 +127,14 @@ def isotope_clusters(space: SearchSpace, groups: np.ndarray, ppm: float):
         The cluster (its most abundant row) each belongs to.
     log_abundance : numpy.ndarray
         log of its cluster's summed abundance.
+    at_row : numpy.ndarray
+        Position in ``rows`` of each of them, by row of the space (other entries unset).
     """
     groups = np.unique(groups)
     start, stop = space.group_start[groups], space.group_start[groups + 1]
     size = stop - start
     owner = np.repeat(np.arange(groups.size), size)
-    at = np.arange(owner.size) - np.repeat(np.cumsum(size) - size, size)
-    rows = space.group_rows[start[owner] + at]
+    rows = space.group_rows[_ranges(start, size)]
     rep = np.full(rows.size, -1, dtype=np.int64)
     mz = space.mz[rows]
     for k in range(int(size.max(initial=0))):  # the group's rows, most abundant first
@@ -150,7 +151,13 @@ def isotope_clusters(space: SearchSpace, groups: np.ndarray, ppm: float):
         rep = deeper
     reps, which = np.unique(rep, return_inverse=True)
     total = np.bincount(which, weights=np.exp(space.log_abundance[rows]), minlength=reps.size)
-    return rows, rep, np.log(total[which])
+    return rows, rep, np.log(total[which]), at_row
+
+
+def _ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The positions ``first[i] .. first[i] + count[i] - 1`` of every ``i``, one after the
+    other (a CSR gather)."""
+    return np.repeat(first - (np.cumsum(count) - count), count) + np.arange(count.sum())
 
 
 def _positions(rows: np.ndarray, n: int) -> np.ndarray:
@@ -188,20 +195,17 @@ def sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     p_start = np.r_[0, np.cumsum(np.bincount(owner_u, minlength=distinct.size))]
     count = (p_start[1:] - p_start[:-1])[inverse]
     owner = np.repeat(np.arange(ions.size), count)
-    pick = np.repeat(p_start[:-1][inverse] - (np.cumsum(count) - count), count) \
-        + np.arange(owner.size)
+    pick = _ranges(p_start[:-1][inverse], count)
     m_start = np.r_[0, np.cumsum(np.bincount(member_u, minlength=cluster_u.size))]
     m_count = (m_start[1:] - m_start[:-1])[pick]
     member = np.repeat(np.arange(pick.size), m_count)
-    at = np.repeat(m_start[:-1][pick] - (np.cumsum(m_count) - m_count), m_count) \
-        + np.arange(member.size)
-    return owner, cluster_u[pick], log_u[pick], own_u[pick], member, row_u[at]
+    return (owner, cluster_u[pick], log_u[pick], own_u[pick], member,
+            row_u[_ranges(m_start[:-1][pick], m_count)])
 
 
 def _distinct_sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     """:func:`sibling_targets` of distinct ions (same returns)."""
-    rows, rep, log_total = isotope_clusters(space, space.group[ions], ppm)
-    at_row = _positions(rows, space.mz.size)
+    rows, rep, log_total, at_row = isotope_clusters(space, space.group[ions], ppm)
     rep_of = rep[at_row[ions]]
     # Each group's clusters, most abundant first (CSR by group).
     heads = np.flatnonzero(rows == rep)
@@ -235,6 +239,5 @@ def _distinct_sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     reps, r_first, r_count = np.unique(rep[by_rep], return_index=True, return_counts=True)
     r = np.searchsorted(reps, cluster)
     member = np.repeat(np.arange(cluster.size), r_count[r])
-    at = np.arange(member.size) - np.repeat(np.cumsum(r_count[r]) - r_count[r], r_count[r])
-    member_row = rows[by_rep][r_first[r][member] + at]
+    member_row = rows[by_rep][_ranges(r_first[r], r_count[r])]
     return owner, cluster, log_cluster, own_cluster, member, member_row

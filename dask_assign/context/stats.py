@@ -107,11 +107,12 @@ def _adduct_pairs(block, core, space, config, calibration) -> np.ndarray:
     if rows.size == 0 or len(space.mz) == 0:
         return np.zeros(n_adducts)
     peaks = peak_tensors(block.iloc[rows], "cpu")
-    ions = calibrated_ions(space, calibration, "cpu")
-    # Only the monoisotopic ions count: the join runs on them alone.
+    # Only the monoisotopic ions count: the join runs on them alone, with their library RTs
+    # mapped to the run (as ``calibrated_ions`` maps every ion's).
     mono = np.flatnonzero(space.isotope == 0)
-    at = torch.as_tensor(mono)
-    ion_mz, ion_rt, adduct = ions["mz"][at], ions["mapped_rt"][at], space.adduct[mono]
+    ion_mz = torch.as_tensor(space.mz[mono])
+    ion_rt = calibration.rt_map(torch.as_tensor(space.rt[mono]))
+    adduct = space.adduct[mono]
     bins = MassBinIndex.build(space.mz[mono], space.bins_ppm)
     counts = np.zeros(n_adducts)
     mz = centred_mz(peaks["mz"], calibration)
