@@ -45,11 +45,14 @@ def fine_structure(ion_formula: str, charge: int, threshold=2e-3, resolution_ppm
 
 
 def library_and_run(rng, n_lib=300, present=0.5, na_share=0.0, unknown_share=0.0,
-                    decoy_at_na=0.0, ppm_sd=1.0, heteroatoms=("S", "Cl", "Br")):
+                    decoy_at_na=0.0, ppm_sd=1.0, heteroatoms=("S", "Cl", "Br"),
+                    adduct_rt_sd=0.0):
     """A library and a run of its present compounds' [M+H]+ (with fine-structure
     isotopologues) and, for a share ``na_share`` of them, a co-eluting [M+Na]+; plus unknown
     peaks: ``unknown_share`` of all peaks, of which ``decoy_at_na`` sit exactly where an
     absent or present library compound's [M+Na]+ would be, at a random RT (chance matches).
+    Each ion is picked at its molecule's RT within 0.002 min; an [M+Na]+ feature's apex is
+    further off by ``adduct_rt_sd`` (a separate feature).
 
     Returns
     -------
@@ -69,10 +72,12 @@ def library_and_run(rng, n_lib=300, present=0.5, na_share=0.0, unknown_share=0.0
             if not show:
                 continue
             scale = intensity if adduct == "[M+H]+" else intensity * 0.3
+            apex = rt + (rng.normal(0, adduct_rt_sd) if adduct_rt_sd and adduct != "[M+H]+"
+                         else 0.0)
             for mz, rel, shift in fine_structure(formulas[i] + add, 1):
                 if rel * scale < 2e3:  # the detection limit
                     continue
-                rows.append((mz * (1 + rng.normal(0, ppm_sd) * 1e-6), rt + rng.normal(0, 0.002),
+                rows.append((mz * (1 + rng.normal(0, ppm_sd) * 1e-6), apex + rng.normal(0, 0.002),
                              rel * scale, f"c{i}", adduct, shift))
     n_known = len(rows)
     n_unknown = int(n_known * unknown_share / max(1 - unknown_share, 1e-9))

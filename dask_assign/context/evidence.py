@@ -110,16 +110,17 @@ def _ratio_fit(x, expected, sigma, outliers=None):
                            log_normal(x - expected, RATIO_OUTLIER_SIGMA) + math.log(outliers))
 
 
-def _position_fit(mz_partner, target, rt_diff, model: ContextModel, calibration):
+def _position_fit(mz_partner, target, rt_diff, model: ContextModel, calibration,
+                  coelution=None):
     """log density of a partner's m/z error and RT difference for a true partner against a
-    random peak (uniform over the partner window)."""
+    random peak (uniform over the partner window); ``coelution``: the ``(spread, tolerance)``
+    of the partner's kind (the isotope partners' by default)."""
+    rt_sigma, rt_tol = (model.rt_sigma, model.rt_tol) if coelution is None else coelution
     err = (mz_partner - target) / target * 1e6
-    coelution = torch.logaddexp(log_normal(rt_diff, model.rt_sigma)
-                                + math.log1p(-COELUTION_TAIL),
-                                torch.full_like(rt_diff, math.log(COELUTION_TAIL
-                                                                  / (2 * model.rt_tol))))
+    near = torch.logaddexp(log_normal(rt_diff, rt_sigma) + math.log1p(-COELUTION_TAIL),
+                           torch.full_like(rt_diff, math.log(COELUTION_TAIL / (2 * rt_tol))))
     return (log_normal(err, pair_sigma(calibration)) + math.log(2 * model.ppm)
-            + coelution + math.log(2 * model.rt_tol))
+            + near + math.log(2 * rt_tol))
 
 
 def _segment_logsumexp(values, segment, n):
@@ -162,7 +163,10 @@ def _find_partners(block_mz, block_rt, core_rows, space, config, calibration, mo
     maps = RelationMaps.build(sub[:, 0], sub[:, 1], sub[:, 2], NULL_13C)
     anchor = np.zeros(block_mz.size, dtype=bool)
     anchor[core_rows] = True
-    bi, bj, m = find_relations(block_mz, block_rt, maps, model.ppm, model.rt_tol, anchor)
+    adduct_sigma, adduct_tol = model.adduct_coelution()
+    # Each kind of partner within its own tolerance.
+    bi, bj, m = find_relations(block_mz, block_rt, maps, model.ppm,
+                               np.where(maps.kind == ADDUCT, adduct_tol, model.rt_tol), anchor)
     row_of = np.full(block_mz.size, -1, dtype=np.int64)
     row_of[core_rows] = np.arange(core_rows.size)
     rows = row_of[bi]  # still sorted: core rows keep the block's order
@@ -184,13 +188,17 @@ def _find_partners(block_mz, block_rt, core_rows, space, config, calibration, mo
     if sel.any():
         q = _position_fit(t(block_mz[bj[sel]]),
                           t(maps.scale[m[sel]] * block_mz[bi[sel]] + maps.shift[m[sel]]),
-                          t(block_rt[bj[sel]] - block_rt[bi[sel]]), model, calibration)
+                          t(block_rt[bj[sel]] - block_rt[bi[sel]]), model, calibration,
+                          (adduct_sigma, adduct_tol))
         key, group = torch.unique_consecutive(t(rows[sel] * len(maps) + m[sel]),
                                               return_inverse=True)
         lse = _segment_logsumexp(q, group, key.numel())
         r, mm = key // len(maps), key % len(maps)
         dst, src = t(kept[maps.dst])[mm], t(kept[maps.src])[mm]
-        gain = _log_or_partners(log_p[dst], lse, log_rho[r]) - log_1mp[dst]
+        # A wider window holds proportionally more accidental partners.
+        gain = _log_or_partners(log_p[dst], lse,
+                                log_rho[r] + math.log(adduct_tol / model.rt_tol)) \
+            - log_1mp[dst]
         odds.view(-1).index_add_(0, r * n_add + src, gain)
     # Isotope partners: one column per (charge, 13C step), matches grouped by (peak, column).
     iso_maps = np.flatnonzero(maps.kind == ISOTOPE)

@@ -141,6 +141,12 @@ class ContextModel:
         predicts, and the share of partners far off it (interference, saturation, fine
         structure a peak picker or simulation drops): measured on the confident main-ion
         calls' partners.
+    adduct_rt_sigma, adduct_rt_tol : float
+        Co-elution spread and tolerance of a molecule's other adducts, fitted as ``rt_sigma``
+        and ``rt_tol`` from the adduct partners of the confident main-ion calls (in excess
+        of decoys); 0: those of the isotope partners. Ions of other adducts are picked as
+        separate features, so their apexes wander more than a feature's own isotopes (which
+        a peak picker often reports at one RT).
     adduct_background : tuple of float
         log of how much denser the peaks that are not an adduct's ions lie beside its ions
         than beside the main adduct's (empty: the same). Real chemistry puts many peaks
@@ -162,6 +168,14 @@ class ContextModel:
     adduct_background: tuple = ()
     ratio_sigma: float = 0.15
     ratio_outliers: float = 0.02
+    adduct_rt_sigma: float = 0.0
+    adduct_rt_tol: float = 0.0
+
+    def adduct_coelution(self) -> tuple[float, float]:
+        """Co-elution spread and tolerance (minutes) of the adduct partners."""
+        if self.adduct_rt_tol > 0:
+            return self.adduct_rt_sigma, self.adduct_rt_tol
+        return self.rt_sigma, self.rt_tol
 
     def to_dict(self) -> dict:
         """Plain values, for JSON (``None`` for a detection limit a table without intensities
@@ -216,8 +230,10 @@ def fit_context(stats: pd.DataFrame, config: AssignConfig, calibration: Calibrat
     The co-elution tolerance is 4 robust standard deviations of the RT differences of the 13C
     pairs in excess of the decoys' (random) pairs. The accident rate is the decoys' hit rate
     per co-eluting neighbour, shrunk towards an even spread of the peaks when hits are few.
-    An adduct's share is the rate at which confident main-ion calls have its ion within the
-    tolerance, less the decoys' rate, pulled toward the table's prior by a few pseudo-calls.
+    The adduct partners' co-elution is fitted the same way from the other adducts' ions
+    co-eluting with confident main-ion calls (less the decoys'). An adduct's share is the rate
+    at which those calls have its ion within that tolerance, less the decoys' rate, pulled
+    toward the table's prior by a few pseudo-calls.
     """
     total = stats.sum()
     mins = stats[["mz_min", "rt_min"]].min()
@@ -227,21 +243,8 @@ def fit_context(stats: pd.DataFrame, config: AssignConfig, calibration: Calibrat
     n_decoy = len(DECOY_SHIFTS)
     excess = np.clip(iso - decoys / n_decoy, 0, None)
     width = config.max_coelution / RT_BINS
-    if excess.sum() >= 10:
-        # Robust spread of the true pairs' RT differences (half-normal: median = 0.674 sd),
-        # and 4 of them: the tail of the excess is mostly chance pairs.
-        mid = (np.arange(RT_BINS) + 0.5) * width
-        median = mid[int(np.searchsorted(np.cumsum(excess) / excess.sum(), 0.5))]
-        rt_sigma = max(median / 0.6745, width / 2)
-    else:  # too few pairs to tell: an eighth of the search width
-        rt_sigma = config.max_coelution / 8
-    # The tolerance holds nearly all true pairs: co-elution differences have a long tail
-    # (weak or broad peaks), so a quantile of the excess, not a multiple of the core spread.
-    if excess.sum() >= 10:
-        tail = mid[int(np.searchsorted(np.cumsum(excess) / excess.sum(), COELUTION_QUANTILE))]
-        rt_tol = min(max(4 * rt_sigma, tail + width / 2), config.max_coelution)
-    else:
-        rt_tol = min(4 * rt_sigma, config.max_coelution)
+    rt_sigma, rt_tol = coelution_fit(excess, config.max_coelution)
+    adduct_sigma, adduct_tol = _adduct_coelution(total, space, config, rt_sigma, rt_tol)
     ppm = partner_ppm(calibration)
     hits = float(decoys[: int(round(rt_tol / width))].sum())
     mz_span = math.log(max(maxs["mz_max"], 1.0) / max(mins["mz_min"], 1e-3)) \
@@ -251,14 +254,58 @@ def fit_context(stats: pd.DataFrame, config: AssignConfig, calibration: Calibrat
     kappa = (hits + 1.0) / (n_decoy * float(total["neighbours"]) + 1.0 / max(uniform, 1e-12))
     detect, labels, noise = _detection(total, space, calibration)
     ratio_sigma, ratio_outliers = _ratio_spread(total, config)
-    shares = _adduct_shares(total, space, rt_tol, config)
+    shares = _adduct_shares(total, space, adduct_tol, config)
     background = _adduct_background(total, space, shares, calibration)
     return ContextModel(rt_sigma=float(rt_sigma), rt_tol=float(rt_tol), ppm=float(ppm),
                         log_kappa=float(math.log(kappa)), log_detect=calibration.log_detect,
                         isotope_pairs=float(excess.sum()), adduct_share=shares,
                         isotope_detect=detect, label_detect=labels, noise_share=noise,
                         main_calls=float(total["main_w"]), adduct_background=background,
-                        ratio_sigma=ratio_sigma, ratio_outliers=ratio_outliers)
+                        ratio_sigma=ratio_sigma, ratio_outliers=ratio_outliers,
+                        adduct_rt_sigma=float(adduct_sigma), adduct_rt_tol=float(adduct_tol))
+
+
+def coelution_fit(excess: np.ndarray, widest: float) -> tuple[float, float]:
+    """Co-elution spread and tolerance (minutes) from a histogram of true pairs' RT
+    differences (in excess of chance pairs) over equal bins from 0 to ``widest``.
+
+    The spread is robust (half-normal: median = 0.674 sd). The tolerance holds
+    ``COELUTION_QUANTILE`` of the pairs, at least 4 spreads: co-elution differences have a
+    long tail (weak or broad peaks), so a quantile, not a multiple of the core spread. Too
+    few pairs to tell (under 10): an eighth of ``widest``, and 4 of it.
+    """
+    excess = np.asarray(excess, dtype=np.float64)
+    width = widest / excess.size
+    if excess.sum() < 10:
+        sigma = widest / 8
+        return sigma, min(4 * sigma, widest)
+    mid = (np.arange(excess.size) + 0.5) * width
+    cdf = np.cumsum(excess) / excess.sum()
+    sigma = max(mid[int(np.searchsorted(cdf, 0.5))] / 0.6745, width / 2)
+    tail = mid[int(np.searchsorted(cdf, COELUTION_QUANTILE))]
+    return sigma, min(max(4 * sigma, tail + width / 2), widest)
+
+
+def _adduct_coelution(total, space: SearchSpace, config, rt_sigma: float,
+                      rt_tol: float) -> tuple[float, float]:
+    """Co-elution of the adduct partners (see :class:`ContextModel`): :func:`coelution_fit`
+    of the confident main-ion calls' other adducts pooled (hits less decoy hits), never
+    tighter than the isotope partners'."""
+    main = main_adduct(space)
+    hits = np.zeros(CO_BINS)
+    for b in range(len(space.adduct_names)):
+        if b != main:
+            hits += total[[f"co{b}_{k}" for k in range(CO_BINS)]].to_numpy() \
+                - total[[f"codecoy{b}_{k}" for k in range(CO_BINS)]].to_numpy() \
+                / len(DECOY_SHIFTS)
+    # Hits spread evenly over the window are chance the decoys miss (real runs put related
+    # molecules at an adduct's mass difference): the co-elution core stands above that floor,
+    # measured over the outer half of the window.
+    hits = np.clip(hits - max(float(np.mean(hits[CO_BINS // 2:])), 0.0), 0, None)
+    if hits.sum() < 10:
+        return rt_sigma, rt_tol
+    sigma, tol = coelution_fit(hits, config.max_coelution)
+    return max(sigma, rt_sigma), max(tol, rt_tol)
 
 
 def _ratio_spread(total, config) -> tuple[float, float]:

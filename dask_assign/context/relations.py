@@ -96,8 +96,9 @@ class RelationMaps:
 @numba.njit(cache=True, nogil=True)
 def _sweep(mz, rt, anchor, scale, shift, ppm, rt_tol, cap, out_q, out_k, out_m):
     """For each map and anchor peak, the co-eluting peaks within ``ppm`` of the mapped m/z
-    (the first ``cap`` of them in m/z order). Peaks are given sorted by m/z; matches are
-    written as positions in that order while they fit in ``out_*``; returns their number.
+    (the first ``cap`` of them in m/z order; ``rt_tol`` per map). Peaks are given sorted by
+    m/z; matches are written as positions in that order while they fit in ``out_*``;
+    returns their number.
     """
     n = mz.size
     size = out_q.size
@@ -118,7 +119,7 @@ def _sweep(mz, rt, anchor, scale, shift, ppm, rt_tol, cap, out_q, out_k, out_m):
             k = lo
             taken = 0
             while k < n and taken < cap and mz[k] <= high:
-                if k != q and abs(rt[k] - rt[q]) <= rt_tol:
+                if k != q and abs(rt[k] - rt[q]) <= rt_tol[m]:
                     if found < size:
                         out_q[found], out_k[found], out_m[found] = q, k, m
                     found += 1
@@ -143,8 +144,8 @@ def find_relations(mz, rt, maps: RelationMaps, ppm: float, rt_tol: float, anchor
     maps : RelationMaps
     ppm : float
         Largest distance (ppm of the predicted m/z) between a partner and the prediction.
-    rt_tol : float
-        Largest RT difference (minutes) between co-eluting peaks.
+    rt_tol : float or numpy.ndarray
+        Largest RT difference (minutes) between co-eluting peaks: one, or one per map.
     anchor : numpy.ndarray of bool, optional
         Peaks to search from (all by default); partners may be any peak.
     cap : int
@@ -177,7 +178,8 @@ def find_relations(mz, rt, maps: RelationMaps, ppm: float, rt_tol: float, anchor
     order = np.argsort(mz, kind="stable")
     args = (mz[order], np.asarray(rt, dtype=np.float64)[order], anchor[order],
             np.ascontiguousarray(maps.scale), np.ascontiguousarray(maps.shift), float(ppm),
-            float(rt_tol), int(cap))
+            np.ascontiguousarray(np.broadcast_to(np.asarray(rt_tol, dtype=np.float64),
+                                                 (len(maps),))), int(cap))
     q, k, m = run_filling(_sweep, args, 2 * int(anchor.sum()) * max(len(maps), 1) // 4 + 1024,
                           3)
     i, j = order[q], order[k]

@@ -150,9 +150,10 @@ def context_model(blocks: list, space, space_key, config: AssignConfig,
     stats = [dask.delayed(context_stats)(b, space_key, config, calibration) for b in blocks]
     parts = dask.compute(*stats)
     model = fit_context(pd.concat(parts, ignore_index=True), config, calibration, space)
-    log.info("context: co-elution tolerance %.4f min (from %.0f 13C pairs), partner window "
-             "%.1f ppm, isotope detection %.2f, noise share %.2f, adduct shares %s (from %.0f "
-             "main-ion calls)", model.rt_tol, model.isotope_pairs, model.ppm,
+    log.info("context: co-elution tolerance %.4f min (from %.0f 13C pairs), of adducts %.4f "
+             "min, partner window %.1f ppm, isotope detection %.2f, noise share %.2f, adduct "
+             "shares %s (from %.0f main-ion calls)", model.rt_tol, model.isotope_pairs,
+             model.adduct_coelution()[1], model.ppm,
              model.isotope_detect, model.noise_share,
              dict(zip(space.adduct_names, np.round(model.adduct_share, 3).tolist(),
                       strict=False)), model.main_calls)

@@ -211,6 +211,55 @@ def test_adduct_shares_resist_chance_matches():
     assert len(na) > 10_000
 
 
+def test_fit_recovers_a_wider_adduct_coelution():
+    """[M+Na]+ features wander 0.02 min (sd) from their molecule's [M+H]+ apex while the
+    isotopologues of one feature sit within 0.002 min; half the peaks are unknown, half of
+    those exactly at a library compound's [M+Na]+ m/z at random RTs. The isotope partners'
+    spread and the adduct partners' are fitted apart, each near its simulated value."""
+    import dask
+
+    from dask_assign.filtering.space import prepare_library
+    from dask_assign.graph.plan import plan_run
+    from dask_assign.graph.run import as_dask_frame
+    from tests.simulate import library_and_run
+
+    rng = np.random.default_rng(5)
+    lib, peaks, _ = library_and_run(rng, n_lib=600, present=0.6, na_share=0.8,
+                                    unknown_share=0.5, decoy_at_na=0.5, heteroatoms=(),
+                                    adduct_rt_sd=0.02)
+    config = AssignConfig(rt_unit="min", adducts=("[M+H]+", "[M+Na]+"))
+    with dask.config.set(scheduler="synchronous"):
+        plan = plan_run(as_dask_frame(peaks, config), prepare_library(library_table(lib),
+                                                                        config), config)
+    model = plan.evidence
+    # Two independent 0.002 min apex errors: a 13C pair differs by 0.0028 min (sd; its
+    # histogram's bins are 0.001 min wide); an adduct pair by sqrt(0.02^2 + 2 * 0.002^2) =
+    # 0.0202 min.
+    assert model.rt_sigma == pytest.approx(0.0028, abs=0.0015)
+    sigma, tol = model.adduct_coelution()
+    assert sigma == pytest.approx(0.0202, rel=0.3)
+    assert tol > model.rt_tol and tol >= 2.5 * sigma
+    assert share_of(plan, "[M+Na]+") == pytest.approx(0.8 * 0.9, abs=0.12)
+
+
+def share_of(plan, adduct):
+    return dict(zip(plan.space.adduct_names, plan.evidence.adduct_share,
+                    strict=True))[adduct]
+
+
+def test_coelution_fit_of_a_half_normal_histogram():
+    from dask_assign.context.model import coelution_fit
+
+    rng = np.random.default_rng(0)
+    diffs = np.abs(rng.normal(0, 0.01, 20_000))
+    hist = np.histogram(diffs, np.linspace(0, 0.1, 101))[0]
+    sigma, tol = coelution_fit(hist, 0.1)
+    assert sigma == pytest.approx(0.01, rel=0.05)
+    assert tol == pytest.approx(4 * sigma)  # four spreads hold more than 95%
+    # Too few pairs to tell: an eighth of the window, and four of that.
+    assert coelution_fit(hist * 0 + (np.arange(100) == 3), 0.1) == (0.0125, 0.05)
+
+
 def library_table(frame):
     """A library frame as read_library gives it, from compound_id, name, formula, rt."""
     return library_frame(list(zip(frame["compound_id"], frame["formula"], frame["rt"],

@@ -198,8 +198,9 @@ def test_coeluting_partners_match_a_brute_force_search(result, page):
         same = calls[(calls["compound_id"] == mol) & ((calls["rt"] - rt).abs() <= data.rt_tol)]
         want |= {(i, j) for j in same.index if j != i}
     assert set(zip(got["peak"], got["partner"], strict=True)) == want and len(want) > 100
-    assert data.rt_tol == pytest.approx(json.loads((result / "context.json").read_text())
-                                        ["rt_tol"])
+    # The wider of the fitted isotope and adduct partners' tolerances.
+    fitted = json.loads((result / "context.json").read_text())
+    assert data.rt_tol == pytest.approx(max(fitted["rt_tol"], fitted["adduct_rt_tol"]))
     # On the page: each peak's slice holds its partners, the nearest MAX_PARTNERS in RT.
     models = page_models(page.read_text())
     peaks, partners = source_data(models, "peaks"), source_data(models, "partners")
