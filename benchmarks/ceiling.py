@@ -60,7 +60,7 @@ def labelled_candidates(result: Path, truth: pd.DataFrame, library: pd.DataFrame
     c["y"] = (got == c["peak_id"].map(want)).astype(int)
     for col in ("intensity", "n_partners", "n_candidates", "mz", "rt"):
         c[col] = c["peak_id"].map(a[col]).astype(float)
-    c["log_intensity"] = np.log(c["intensity"])
+    c["log_intensity"] = np.log(c["intensity"].where(c["intensity"] > 0))  # NaN: unknown
     c["abs_rt_error"] = c["rt_error"].abs()
     c["adduct_code"] = c["adduct"].astype("category").cat.codes
     c["isotope_code"] = c["isotope"].fillna("M0").astype("category").cat.codes

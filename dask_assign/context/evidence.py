@@ -23,7 +23,8 @@ adduct without its molecule's main ion, loses its support, while a main ion with
 loses little.
 
 What the pass assumes of the run is fitted from the run (:func:`fit_context`, from sums over
-RT blocks): the co-elution spread (13C pairs against decoys), the accident rate, the detection
+RT blocks): the co-elution spread of isotope partners (13C pairs against decoys) and that of
+adduct partners (separate features, whose apexes wander more), the accident rate, the detection
 limit, how often a molecule shows each adduct besides its main one (co-eluting pairs of
 confident main-ion calls, against decoys: chance matches cannot inflate it), how often an
 isotope partner is detected, and the share of unexplained peaks that are noise rather than
@@ -446,7 +447,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
         First (and refined) pass of the partition's peaks.
     block : pandas.DataFrame
         ``mz``, ``rt``, ``intensity`` of every peak that may be a partner: the partition's own
-        and those within ``model.rt_tol`` of them.
+        and those within ``config.max_coelution`` of them (which bounds both tolerances).
     core_rows : numpy.ndarray
         Row of ``block`` of each peak of ``result``, in order.
     space : SearchSpace

@@ -108,7 +108,8 @@ class ContextModel:
         Spread (minutes) of the RT difference between two ions of one molecule: from the RT
         differences of co-eluting 13C pairs in excess of decoy (chance) pairs.
     rt_tol : float
-        Co-elution tolerance (minutes): 4 ``rt_sigma``.
+        Co-elution tolerance (minutes): the 95% quantile of those differences, at least 4
+        ``rt_sigma``, at most ``max_coelution`` (:func:`coelution_fit`).
     ppm : float
         Width of a partner's m/z window (ppm either side), from the fitted mass spread.
     log_kappa : float
@@ -144,9 +145,10 @@ class ContextModel:
     adduct_rt_sigma, adduct_rt_tol : float
         Co-elution spread and tolerance of a molecule's other adducts, fitted as ``rt_sigma``
         and ``rt_tol`` from the adduct partners of the confident main-ion calls (in excess
-        of decoys); 0: those of the isotope partners. Ions of other adducts are picked as
-        separate features, so their apexes wander more than a feature's own isotopes (which
-        a peak picker often reports at one RT).
+        of decoys, less an even floor of hits), never tighter than the isotope partners';
+        0 (a model saved before they were fitted): those of the isotope partners. Ions of
+        other adducts are picked as separate features, so their apexes wander more than a
+        feature's own isotopes (which a peak picker often reports at one RT).
     adduct_background : tuple of float
         log of how much denser the peaks that are not an adduct's ions lie beside its ions
         than beside the main adduct's (empty: the same). Real chemistry puts many peaks
@@ -227,8 +229,9 @@ def fit_context(stats: pd.DataFrame, config: AssignConfig, calibration: Calibrat
                 space: SearchSpace) -> ContextModel:
     """Fit the :class:`ContextModel` from the summed :func:`context_stats` of all blocks.
 
-    The co-elution tolerance is 4 robust standard deviations of the RT differences of the 13C
-    pairs in excess of the decoys' (random) pairs. The accident rate is the decoys' hit rate
+    The co-elution spread is the robust spread of the RT differences of the 13C pairs in
+    excess of the decoys' (random) pairs, and the tolerance their 95% quantile, at least 4
+    spreads (:func:`coelution_fit`). The accident rate is the decoys' hit rate
     per co-eluting neighbour, shrunk towards an even spread of the peaks when hits are few.
     The adduct partners' co-elution is fitted the same way from the other adducts' ions
     co-eluting with confident main-ion calls (less the decoys'). An adduct's share is the rate
@@ -270,41 +273,58 @@ def coelution_fit(excess: np.ndarray, widest: float) -> tuple[float, float]:
     differences (in excess of chance pairs) over equal bins from 0 to ``widest``.
 
     The spread is robust (half-normal: median = 0.674 sd). The tolerance holds
-    ``COELUTION_QUANTILE`` of the pairs, at least 4 spreads: co-elution differences have a
-    long tail (weak or broad peaks), so a quantile, not a multiple of the core spread. Too
-    few pairs to tell (under 10): an eighth of ``widest``, and 4 of it.
+    ``COELUTION_QUANTILE`` of the pairs, at least 4 spreads, at most ``widest``: co-elution
+    differences have a long tail (weak or broad peaks), so a quantile, not a multiple of the
+    core spread. Quantiles are read linearly within their bin. Too few pairs to tell (under
+    10): an eighth of ``widest``, and 4 of it.
     """
     excess = np.asarray(excess, dtype=np.float64)
     width = widest / excess.size
     if excess.sum() < 10:
         sigma = widest / 8
         return sigma, min(4 * sigma, widest)
-    mid = (np.arange(excess.size) + 0.5) * width
-    cdf = np.cumsum(excess) / excess.sum()
-    sigma = max(mid[int(np.searchsorted(cdf, 0.5))] / 0.6745, width / 2)
-    tail = mid[int(np.searchsorted(cdf, COELUTION_QUANTILE))]
-    return sigma, min(max(4 * sigma, tail + width / 2), widest)
+    sigma = max(_quantile(excess, width, 0.5) / 0.6745, width / 2)
+    tail = _quantile(excess, width, COELUTION_QUANTILE)
+    return sigma, min(max(4 * sigma, tail), widest)
+
+
+def _quantile(hist: np.ndarray, width: float, q: float) -> float:
+    """Quantile ``q`` of a histogram of equal bins from 0, linear within its bin."""
+    cdf = np.cumsum(hist) / hist.sum()
+    k = int(np.searchsorted(cdf, q))
+    before = cdf[k - 1] if k else 0.0
+    inside = (q - before) / max(cdf[k] - before, 1e-12)
+    return (k + min(max(inside, 0.0), 1.0)) * width
+
+
+def _co_excess(total, b: int) -> np.ndarray:
+    """Adduct ``b``'s co-elution hits with the confident main-ion calls, less the decoys',
+    by RT difference bin."""
+    return (total[[f"co{b}_{k}" for k in range(CO_BINS)]].to_numpy()
+            - total[[f"codecoy{b}_{k}" for k in range(CO_BINS)]].to_numpy()
+            / len(DECOY_SHIFTS))
+
+
+def _floor(excess: np.ndarray) -> float:
+    """Hits per bin spread evenly over the window: chance the decoys miss (real runs put
+    related molecules at an adduct's mass difference), measured over its outer half, where
+    the co-elution core has faded."""
+    return max(float(np.mean(excess[CO_BINS // 2:])), 0.0)
 
 
 def _adduct_coelution(total, space: SearchSpace, config, rt_sigma: float,
                       rt_tol: float) -> tuple[float, float]:
     """Co-elution of the adduct partners (see :class:`ContextModel`): :func:`coelution_fit`
-    of the confident main-ion calls' other adducts pooled (hits less decoy hits), never
-    tighter than the isotope partners'."""
+    of the confident main-ion calls' other adducts pooled (hits less decoy hits, less the
+    even floor), never tighter than the isotope partners'; theirs where fewer than 10 pairs
+    stand above the floor."""
     main = main_adduct(space)
-    hits = np.zeros(CO_BINS)
-    for b in range(len(space.adduct_names)):
-        if b != main:
-            hits += total[[f"co{b}_{k}" for k in range(CO_BINS)]].to_numpy() \
-                - total[[f"codecoy{b}_{k}" for k in range(CO_BINS)]].to_numpy() \
-                / len(DECOY_SHIFTS)
-    # Hits spread evenly over the window are chance the decoys miss (real runs put related
-    # molecules at an adduct's mass difference): the co-elution core stands above that floor,
-    # measured over the outer half of the window.
-    hits = np.clip(hits - max(float(np.mean(hits[CO_BINS // 2:])), 0.0), 0, None)
-    if hits.sum() < 10:
+    excess = sum((_co_excess(total, b) for b in range(len(space.adduct_names)) if b != main),
+                 np.zeros(CO_BINS))
+    core = np.clip(excess - _floor(excess), 0, None)
+    if core.sum() < 10:
         return rt_sigma, rt_tol
-    sigma, tol = coelution_fit(hits, config.max_coelution)
+    sigma, tol = coelution_fit(core, config.max_coelution)
     return max(sigma, rt_sigma), max(tol, rt_tol)
 
 
@@ -382,16 +402,15 @@ def _adduct_shares(total, space: SearchSpace, rt_tol: float, config) -> tuple:
     np.maximum.at(table, space.adduct, space.log_adduct_prior)
     prior = ADDUCT_MAX * np.exp(table - table[main])
     calls = float(total["main_w"])
-    upto = max(1, int(math.ceil(rt_tol / config.max_coelution * CO_BINS)))
+    # Bins within the tolerance (a hair under: a tolerance on a bin edge ends that bin).
+    upto = max(1, int(math.ceil(rt_tol / config.max_coelution * CO_BINS - 1e-9)))
     shares = np.zeros(n_adducts)
     for b in range(n_adducts):
         if b == main:
             shares[b] = ADDUCT_MAX
             continue
-        hits = float(total[[f"co{b}_{k}" for k in range(upto)]].sum())
-        chance = float(total[[f"codecoy{b}_{k}" for k in range(upto)]].sum()) \
-            / len(DECOY_SHIFTS)
-        measured = max(hits - chance, 0.0)
+        excess = _co_excess(total, b)
+        measured = max(float(excess[:upto].sum()) - _floor(excess) * upto, 0.0)
         shares[b] = (measured + SHARE_PSEUDO * min(prior[b], ADDUCT_MAX)) \
             / (calls + SHARE_PSEUDO)
     return tuple(float(min(max(v, 1e-4), ADDUCT_MAX)) for v in shares)

@@ -133,7 +133,7 @@ def _sweep(mz, rt, anchor, scale, shift, ppm, rt_tol, cap, out_q, out_k, out_m):
 MAX_PARTNERS = 4
 
 
-def find_relations(mz, rt, maps: RelationMaps, ppm: float, rt_tol: float, anchor=None,
+def find_relations(mz, rt, maps: RelationMaps, ppm: float, rt_tol, anchor=None,
                    cap: int = MAX_PARTNERS):
     """Co-eluting partners of each peak under each map.
 
@@ -178,8 +178,9 @@ def find_relations(mz, rt, maps: RelationMaps, ppm: float, rt_tol: float, anchor
     order = np.argsort(mz, kind="stable")
     args = (mz[order], np.asarray(rt, dtype=np.float64)[order], anchor[order],
             np.ascontiguousarray(maps.scale), np.ascontiguousarray(maps.shift), float(ppm),
-            np.ascontiguousarray(np.broadcast_to(np.asarray(rt_tol, dtype=np.float64),
-                                                 (len(maps),))), int(cap))
+            # A writable copy: one compiled signature whatever the caller passes.
+            np.array(np.broadcast_to(np.asarray(rt_tol, dtype=np.float64), (len(maps),))),
+            int(cap))
     q, k, m = run_filling(_sweep, args, 2 * int(anchor.sum()) * max(len(maps), 1) // 4 + 1024,
                           3)
     i, j = order[q], order[k]

@@ -248,7 +248,8 @@ def _coelution(context: dict, config) -> tuple[float, str]:
     if tol:
         # The wider of the isotope and adduct partners' (ions of any kind are shown).
         tol = max(float(tol), float(context.get("adduct_rt_tol") or 0.0))
-        return tol, "the context pass's fitted co-elution tolerance"
+        return tol, "the context pass's fitted co-elution tolerance (the wider of isotope " \
+            "and adduct partners')"
     if isinstance(config, str):  # the manifest stores the settings as JSON text
         config = json.loads(config)
     widest = (config or {}).get("max_coelution", AssignConfig().max_coelution)
