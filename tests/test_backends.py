@@ -100,6 +100,45 @@ def isotope_odds_case(kernel, device):
             "p_null": out.scored.p_null.cpu()}
 
 
+def sibling_odds_case(kernel, device):
+    """The isotopologue siblings' odds of every candidate of the demo run, directly (the
+    context pass's softmax would hide small differences)."""
+    from dask_assign import DEMO_DATA
+    from dask_assign.chemistry.adducts import select_adducts
+    from dask_assign.chemistry.ions import build_ions
+    from dask_assign.config import AssignConfig
+    from dask_assign.context.evidence import _sibling_odds
+    from dask_assign.context.model import fit_context
+    from dask_assign.context.search import _BlockPeaks
+    from dask_assign.context.stats import context_stats
+    from dask_assign.filtering.space import SearchSpace
+    from dask_assign.io.library import read_library
+    from dask_assign.io.peaks import load_peaks
+    from dask_assign.scoring.passes import first_pass, second_pass
+    from tests.context.test_evidence import CAL
+
+    config = AssignConfig(calibrate=False, device=device)
+    lib = read_library(DEMO_DATA / "library.csv")
+    table = build_ions(lib, select_adducts("positive", config.adducts), config.max_isotope)
+    space = SearchSpace.build(table, config.ppm * config.refine_widen)
+    peaks = load_peaks(DEMO_DATA / "peaks.csv")
+    block = peaks.assign(core=True)
+    model = fit_context(context_stats(block, space, config, CAL), config, CAL, space)
+    result = second_pass(first_pass(peaks, space, config, CAL), space, config, CAL)
+    f = result.scored.features
+    li = torch.log(torch.as_tensor(peaks["intensity"].to_numpy(dtype=np.float64),
+                                   device=device))
+    rng = np.random.default_rng(1)  # crowding differs from peak to peak
+    log_rho = torch.as_tensor(np.log(rng.uniform(1e-4, 1e-2, len(peaks))), device=device)
+    finder = _BlockPeaks(peaks["mz"].to_numpy(dtype=np.float64),
+                         peaks["rt"].to_numpy(dtype=np.float64), model.ppm)
+    odds = _sibling_odds(f.peak.cpu().numpy(), f.ion.cpu().numpy(), space, result.peaks, li,
+                         np.arange(len(peaks)), block, finder, log_rho, model, config, CAL,
+                         kernel=kernel)
+    assert odds.numel() == f.ion.numel() and bool((odds > 1.0).any())  # partners found
+    return {"odds": odds.cpu()}
+
+
 def curve_case(kernel, device):
     from dask_assign.calibration.curves import Curve, knot_grid
 
@@ -114,7 +153,8 @@ def curve_case(kernel, device):
 
 
 TWINS = {"range_join": range_join_case, "rank_within_peak": rank_case, "curve": curve_case,
-         "drift_votes": drift_case, "isotope_odds": isotope_odds_case}
+         "drift_votes": drift_case, "isotope_odds": isotope_odds_case,
+         "sibling_odds": sibling_odds_case}
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -65,10 +65,17 @@ from dask_assign.context.relations import (
     ADDUCT,
     DECOY,
     ISOTOPE,
+    MAX_PARTNERS,
     RelationMaps,
     find_relations,
 )
-from dask_assign.context.search import _BlockPeaks, nearest_target, neighbours, sibling_targets
+from dask_assign.context.search import (
+    _BlockPeaks,
+    distinct_sibling_targets,
+    nearest_target,
+    neighbours,
+    sibling_targets,
+)
 from dask_assign.filtering.join import (
     rank_within_peak,
 )
@@ -373,10 +380,201 @@ def _isotope_odds_torch(partners: _Partners, rows, a, s, n_carbon, mz, rt, li, b
 
 def _sibling_odds(f_peak, f_ion, space: SearchSpace, peaks: dict, li, core_rows, block,
                   finder: _BlockPeaks, log_rho, model: ContextModel, config: AssignConfig,
-                  calibration: Calibration) -> torch.Tensor:
+                  calibration: Calibration, kernel: str = "auto") -> torch.Tensor:
     """Summed log odds factor of each candidate's isotopologue siblings: its monoisotopic ion
     and the ``SIBLINGS`` most abundant others of its compound and adduct, at the m/z the
-    candidate's own error predicts and at the intensity ratio its formula predicts."""
+    candidate's own error predicts and at the intensity ratio its formula predicts.
+
+    On CPU one compiled pass does it candidate by candidate (``kernel="numba"``), reading
+    each distinct ion's partner clusters where :func:`sibling_targets` would copy them to
+    every candidate; the array version (``"torch"``, the one CUDA runs) builds every
+    candidate's targets and hits at once. Both give the same numbers (tested)."""
+    if compiled(li, log_rho, kernel=kernel):
+        return _sibling_odds_compiled(f_peak, f_ion, space, peaks, li, core_rows, block,
+                                      finder, log_rho, model, calibration)
+    return _sibling_odds_arrays(f_peak, f_ion, space, peaks, li, core_rows, block, finder,
+                                log_rho, model, config, calibration)
+
+
+def _sibling_odds_compiled(f_peak, f_ion, space: SearchSpace, peaks: dict, li, core_rows,
+                           block, finder: _BlockPeaks, log_rho, model: ContextModel,
+                           calibration: Calibration) -> torch.Tensor:
+    """:func:`_sibling_odds` by :func:`_sibling_odds_loop`."""
+    n_c = f_ion.size
+    if n_c == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    distinct, inverse = np.unique(np.asarray(f_ion), return_inverse=True)
+    owner, cluster, log_cluster, own_cluster, member, member_row = \
+        distinct_sibling_targets(space, distinct, model.ppm)
+    p_start = np.r_[0, np.cumsum(np.bincount(owner, minlength=distinct.size))]
+    m_start = np.r_[0, np.cumsum(np.bincount(member, minlength=cluster.size))]
+    if len(model.label_detect) == len(space.isotope_labels):
+        rate = np.asarray(model.label_detect)[space.isotope[cluster]]
+    else:
+        rate = np.full(cluster.size, model.isotope_detect)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        block_li = np.log(block["intensity"].to_numpy(dtype=np.float64, na_value=np.nan))
+
+    def c(x, dtype=np.float64):
+        return np.ascontiguousarray(x, dtype=dtype)
+
+    out = _sibling_odds_loop(
+        c(f_peak, np.int64), c(f_ion, np.int64), c(inverse, np.int64), c(p_start, np.int64),
+        c(log_cluster), c(own_cluster), c(np.log(rate)), c(m_start, np.int64),
+        c(member_row, np.int64), c(space.mz[member_row]), c(space.mz), c(space.log_abundance),
+        c(peaks["mz"].cpu().numpy()), c(peaks["rt"].cpu().numpy()), c(li.cpu().numpy()),
+        c(log_rho.cpu().numpy()), c(core_rows, np.int64), finder.mz, finder.rt,
+        c(finder.order, np.int64), c(block["mz"].to_numpy(dtype=np.float64)),
+        c(block["rt"].to_numpy(dtype=np.float64)), c(block_li),
+        finder.ppm * 1e-6, model.rt_tol, MAX_PARTNERS, model.log_detect,
+        model.ratio_sigma, model.ratio_outliers, calibration.log_intensity_center,
+        calibration.log_intensity_scale, pair_sigma(calibration), model.ppm, model.rt_sigma)
+    return torch.from_numpy(out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_add(a, b):
+    top = max(a, b)
+    if top == -np.inf:
+        return -np.inf
+    return top + math.log(math.exp(a - top) + math.exp(b - top))
+
+
+@numba.njit(cache=True, nogil=True)
+def _sibling_odds_loop(cand_peak, cand_ion, inverse, p_start, log_cluster, own_cluster,
+                       log_rate, m_start, member_row, member_mz, ion_mz, ion_log_abundance,
+                       peak_mz,
+                       peak_rt, peak_li, log_rho, core_rows, sorted_mz, sorted_rt, order,
+                       block_mz, block_rt, block_li, k, rt_tol, cap, log_detect, ratio_sigma,
+                       ratio_outliers, li_center, li_scale, mass_sigma, ppm, rt_sigma):
+    """:func:`_sibling_odds_arrays`, one candidate at a time (same formulas): the partner
+    clusters of the candidate's ion (CSR by distinct ion: ``p_start``; their members by
+    ``m_start``), each member's target searched as ``_BlockPeaks.find`` does (the ``cap``
+    peaks nearest in RT, then the candidate's own peak dropped), a peak counted only for
+    the candidate's target nearest to it in m/z."""
+    n_c = cand_peak.size
+    out = np.zeros(n_c)
+    n = sorted_mz.size
+    log_window = math.log(2 * ppm) + math.log(2 * rt_tol)
+    even = math.log(COELUTION_TAIL / (2 * rt_tol))
+    tail = math.log1p(-COELUTION_TAIL)
+    size = 16
+    h_part = np.empty(size, dtype=np.int64)
+    h_j = np.empty(size, dtype=np.int64)
+    h_err = np.empty(size)
+    h_target = np.empty(size)
+    h_row = np.empty(size, dtype=np.int64)
+    h_keep = np.empty(size, dtype=np.bool_)
+    best_d = np.empty(cap)
+    best_j = np.empty(cap, dtype=np.int64)
+    lse = np.empty(0)
+    # Candidates of one ion one after the other: its partners' arrays stay in cache.
+    for c in np.argsort(inverse, kind="mergesort"):
+        d = inverse[c]
+        p = cand_peak[c]
+        ratio = peak_mz[p] / ion_mz[cand_ion[c]]
+        prt = peak_rt[p]
+        own = core_rows[p]
+        lo_p, hi_p = p_start[d], p_start[d + 1]
+        n_hit = 0
+        for q in range(lo_p, hi_p):
+            for m in range(m_start[q], m_start[q + 1]):
+                target = ratio * member_mz[m]
+                # Peaks within k of the target: t / (1 + k) <= mz <= t / (1 - k).
+                high = target / (1 - k)
+                found = 0
+                for jj in range(np.searchsorted(sorted_mz, target / (1 + k)), n):
+                    if sorted_mz[jj] > high:
+                        break
+                    if abs(target - sorted_mz[jj]) > k * sorted_mz[jj]:
+                        continue
+                    dd = abs(prt - sorted_rt[jj])
+                    if not dd <= rt_tol and not np.isnan(sorted_rt[jj]):
+                        continue
+                    if np.isnan(dd):
+                        dd = 0.0
+                    if found == cap and dd >= best_d[found - 1]:
+                        continue
+                    at = found if found < cap else cap - 1
+                    while at > 0 and best_d[at - 1] > dd:
+                        best_d[at] = best_d[at - 1]
+                        best_j[at] = best_j[at - 1]
+                        at -= 1
+                    best_d[at] = dd
+                    best_j[at] = jj
+                    if found < cap:
+                        found += 1
+                for f in range(found):
+                    j = order[best_j[f]]
+                    if j == own:
+                        continue
+                    if n_hit == size:  # grow the hit buffers
+                        size *= 2
+                        h_part = np.concatenate((h_part, np.empty(size - n_hit, np.int64)))
+                        h_j = np.concatenate((h_j, np.empty(size - n_hit, np.int64)))
+                        h_err = np.concatenate((h_err, np.empty(size - n_hit)))
+                        h_target = np.concatenate((h_target, np.empty(size - n_hit)))
+                        h_row = np.concatenate((h_row, np.empty(size - n_hit, np.int64)))
+                        h_keep = np.concatenate((h_keep, np.empty(size - n_hit, np.bool_)))
+                    h_part[n_hit] = q
+                    h_j[n_hit] = j
+                    h_err[n_hit] = abs(block_mz[j] - target)
+                    h_target[n_hit] = target
+                    h_row[n_hit] = member_row[m]
+                    h_keep[n_hit] = True
+                    n_hit += 1
+        # A peak counts for the candidate's target nearest to it (the first on ties).
+        for a in range(n_hit):
+            if not h_keep[a]:
+                continue
+            for b in range(a + 1, n_hit):
+                if h_keep[b] and h_j[b] == h_j[a]:
+                    if h_err[b] < h_err[a]:
+                        h_keep[a] = False
+                        break
+                    h_keep[b] = False
+        if lse.size < hi_p - lo_p:
+            lse = np.empty(2 * (hi_p - lo_p))
+        for q in range(lo_p, hi_p):
+            lse[q - lo_p] = -np.inf
+        li = peak_li[p]
+        for a in range(n_hit):
+            if not h_keep[a]:
+                continue
+            q = h_part[a]
+            j = h_j[a]
+            expected = li + log_cluster[q] - own_cluster[q]
+            alone = li + ion_log_abundance[h_row[a]] - own_cluster[q]
+            x = block_li[j]
+            fit = _log_add(_ratio_fit_one(x, expected, ratio_sigma, ratio_outliers),
+                           _ratio_fit_one(x, alone, ratio_sigma, ratio_outliers)) - math.log(2)
+            v = fit - _lognorm(x, li_center, li_scale)
+            if math.isnan(v):
+                v = 0.0
+            elif v == -np.inf:
+                v = -1e4
+            err = (block_mz[j] - h_target[a]) / h_target[a] * 1e6
+            near = _lognorm(block_rt[j] - prt, 0.0, rt_sigma) + tail
+            v += _lognorm(err, 0.0, mass_sigma) + log_window + _log_add(near, even)
+            lse[q - lo_p] = _log_add(lse[q - lo_p], v)
+        total = 0.0
+        for q in range(lo_p, hi_p):
+            expected = li + log_cluster[q] - own_cluster[q]
+            log_d = log_rate[q] + _log_ndtr((expected - log_detect) / DETECT_SIGMA)
+            if math.isnan(log_d):
+                log_d = math.log(0.5)
+            term = math.log1p(-min(math.exp(log_d), 1.0 - 1e-12))
+            if lse[q - lo_p] > -np.inf:
+                term = _log_add(term, log_d + lse[q - lo_p] - log_rho[p])
+            total += term
+        out[c] = total
+    return out
+
+
+def _sibling_odds_arrays(f_peak, f_ion, space: SearchSpace, peaks: dict, li, core_rows, block,
+                         finder: _BlockPeaks, log_rho, model: ContextModel,
+                         config: AssignConfig, calibration: Calibration) -> torch.Tensor:
+    """The array version of :func:`_sibling_odds`."""
     n_c = f_ion.size
     device = log_rho.device
     if n_c == 0:
@@ -455,7 +653,8 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     calibration : Calibration
     model : ContextModel
     kernel : {"auto", "numba", "torch"}
-        How the null's isotope odds are computed (``auto``: compiled on CPU, torch on CUDA).
+        How the null's isotope odds and the candidates' sibling odds are computed (``auto``:
+        compiled on CPU, the array versions on CUDA).
 
     Returns
     -------
@@ -493,7 +692,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     finder = _BlockPeaks(block_mz, block_rt, model.ppm)
     cand = partners.adduct_odds[f.peak, a] + _sibling_odds(
         f.peak.cpu().numpy(), ion, space, result.peaks, li, core_rows, block, finder,
-        partners.log_rho, model, config, calibration)
+        partners.log_rho, model, config, calibration, kernel)
 
     # The null slot: noise, or a molecule missing from the library under any label (adduct,
     # 13C count), with the typical carbon count of its mass. The isotope terms of one charge

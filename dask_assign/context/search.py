@@ -3,6 +3,8 @@ in RT), and the isotopologue clusters of a candidate that an instrument resolves
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -241,3 +243,141 @@ def _distinct_sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     member = np.repeat(np.arange(cluster.size), r_count[r])
     member_row = rows[by_rep][_ranges(r_first[r], r_count[r])]
     return owner, cluster, log_cluster, own_cluster, member, member_row
+
+
+def distinct_sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
+    """:func:`sibling_targets` of distinct, sorted ions (same returns), compiled: each
+    group's clusters are formed once (:func:`_group_clusters`), then handed to its ions.
+
+    The same arrays as the vectorised :func:`_distinct_sibling_targets` (tested)."""
+    ions = np.ascontiguousarray(ions, dtype=np.int64)
+    groups, ion_group = np.unique(space.group[ions], return_inverse=True)
+    return _sibling_loop(ions, np.ascontiguousarray(groups, dtype=np.int64),
+                         np.ascontiguousarray(ion_group, dtype=np.int64), space.group_start,
+                         space.group_rows, space.group_mono, space.mz, space.log_abundance,
+                         float(ppm), SIBLINGS)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sibling_loop(ions, groups, ion_group, group_start, group_rows, group_mono, mz,
+                  log_abundance, ppm, siblings):
+    """:func:`distinct_sibling_targets`: the clusters of each group (a row joins the most
+    abundant row of its group within ``ppm``, chains followed; summed abundance per
+    cluster), then per ion its partner clusters in :func:`_distinct_sibling_targets`'s
+    order, and their members."""
+    n_g = groups.size
+    g_off = np.zeros(n_g + 1, dtype=np.int64)
+    for gi in range(n_g):
+        g_off[gi + 1] = g_off[gi] + group_start[groups[gi] + 1] - group_start[groups[gi]]
+    rows = np.empty(g_off[n_g], dtype=np.int64)
+    rep = np.empty(g_off[n_g], dtype=np.int64)  # position (in ``rows``) of each row's cluster
+    total = np.zeros(g_off[n_g])  # summed abundance, at the cluster's head
+    order = np.empty(g_off[n_g], dtype=np.int64)  # each group's heads, most abundant first
+    n_heads = np.zeros(n_g, dtype=np.int64)
+    for gi in range(n_g):
+        s, o = group_start[groups[gi]], g_off[gi]
+        size = g_off[gi + 1] - o
+        for i in range(size):
+            rows[o + i] = group_rows[s + i]
+        for i in range(size):
+            m = mz[rows[o + i]]
+            for kk in range(i + 1):  # the most abundant row within the window (itself last)
+                if abs(mz[rows[o + kk]] - m) <= ppm * 1e-6 * m:
+                    rep[o + i] = o + kk
+                    break
+        for i in range(size):  # a chain's rows join its root (heads come first)
+            rep[o + i] = rep[rep[o + i]]
+        for i in range(size):
+            total[rep[o + i]] += math.exp(log_abundance[rows[o + i]])
+        h = 0
+        for i in range(size):
+            if rep[o + i] == o + i:
+                order[o + h] = o + i
+                h += 1
+        n_heads[gi] = h
+        for q in range(1, h):  # by falling abundance, ties in row order (insertion sort)
+            x = order[o + q]
+            at = q
+            while at > 0 and total[order[o + at - 1]] < total[x]:
+                order[o + at] = order[o + at - 1]
+                at -= 1
+            order[o + at] = x
+    # Each cluster's members (positions, in row order), at its head: a CSR of the positions.
+    size_of = np.zeros(rows.size, dtype=np.int64)
+    for i in range(rows.size):
+        size_of[rep[i]] += 1
+    first_of = np.zeros(rows.size, dtype=np.int64)
+    acc = 0
+    for i in range(rows.size):
+        first_of[i] = acc
+        acc += size_of[i]
+    fill = first_of.copy()
+    by_cluster = np.empty(rows.size, dtype=np.int64)
+    for i in range(rows.size):
+        by_cluster[fill[rep[i]]] = i
+        fill[rep[i]] += 1
+    # Per ion: its own cluster, the monoisotopic ion's, and the partners chosen.
+    n_i = ions.size
+    own = np.empty(n_i, dtype=np.int64)
+    mono = np.empty(n_i, dtype=np.int64)
+    count = np.zeros(n_i, dtype=np.int64)
+    for e in range(n_i):
+        gi = ion_group[e]
+        o, size = g_off[gi], g_off[gi + 1] - g_off[gi]
+        own[e], mono[e] = -1, -1
+        mono_row = group_mono[groups[gi]]
+        for i in range(size):
+            if rows[o + i] == ions[e]:
+                own[e] = rep[o + i]
+            if rows[o + i] == mono_row:
+                mono[e] = rep[o + i]
+        taken = 0
+        for q in range(n_heads[gi]):
+            c = order[o + q]
+            if c != own[e] and (taken < siblings or c == mono[e]):
+                taken += 1
+        count[e] = taken
+    p_off = np.zeros(n_i + 1, dtype=np.int64)
+    for e in range(n_i):
+        p_off[e + 1] = p_off[e] + count[e]
+    owner = np.empty(p_off[n_i], dtype=np.int64)
+    cluster = np.empty(p_off[n_i], dtype=np.int64)
+    log_cluster = np.empty(p_off[n_i])
+    own_cluster = np.empty(p_off[n_i])
+    n_members = np.zeros(p_off[n_i], dtype=np.int64)
+    for e in range(n_i):
+        gi = ion_group[e]
+        o = g_off[gi]
+        at = p_off[e]
+        taken = 0
+        for q in range(n_heads[gi]):
+            c = order[o + q]
+            if c != own[e] and (taken < siblings or c == mono[e]):
+                cluster[at + taken] = c
+                taken += 1
+        for q in range(1, taken):  # within an ion, partners by row of their head
+            x = cluster[at + q]
+            k = q
+            while k > 0 and rows[cluster[at + k - 1]] > rows[x]:
+                cluster[at + k] = cluster[at + k - 1]
+                k -= 1
+            cluster[at + k] = x
+        for q in range(taken):
+            owner[at + q] = e
+            log_cluster[at + q] = math.log(total[cluster[at + q]])
+            own_cluster[at + q] = math.log(total[own[e]])
+            n_members[at + q] = size_of[cluster[at + q]]
+    m_off = np.zeros(owner.size + 1, dtype=np.int64)
+    for q in range(owner.size):
+        m_off[q + 1] = m_off[q] + n_members[q]
+    member = np.empty(m_off[owner.size], dtype=np.int64)
+    member_row = np.empty(m_off[owner.size], dtype=np.int64)
+    for q in range(owner.size):
+        at, first = m_off[q], first_of[cluster[q]]
+        for i in range(n_members[q]):
+            member[at + i] = q
+            member_row[at + i] = rows[by_cluster[first + i]]
+    head_rows = np.empty(owner.size, dtype=np.int64)
+    for q in range(owner.size):
+        head_rows[q] = rows[cluster[q]]
+    return owner, head_rows, log_cluster, own_cluster, member, member_row
