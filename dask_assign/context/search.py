@@ -47,25 +47,29 @@ class _BlockPeaks:
             return empty, empty
         k = self.ppm * 1e-6
         tm = np.ascontiguousarray(target_mz, dtype=np.float64)
-        # |t - p| <= k p  <=>  t / (1 + k) <= p <= t / (1 - k)
+        # |t - p| <= k p  <=>  t / (1 + k) <= p <= t / (1 - k): the sweep starts at the
+        # first peak above the lower bound and stops past the upper one.
         lo = np.searchsorted(self.mz, tm / (1 + k), side="left")
-        hi = np.searchsorted(self.mz, tm / (1 - k), side="right")
         t, j = run_filling(_capped_sweep, (tm, np.ascontiguousarray(target_rt, dtype=np.float64),
-                                           self.mz, self.rt, lo, hi, k, float(rt_tol),
+                                           self.mz, self.rt, lo, k, float(rt_tol),
                                            MAX_PARTNERS),
                            MAX_PARTNERS * tm.size, 2)
         return t, self.order[j]
 
 
 @numba.njit(cache=True, nogil=True)
-def _capped_sweep(tm, trt, mz, rt, lo, hi, k, rt_tol, cap, out_t, out_j):
-    """Per target, the ``cap`` matches in ``[lo, hi)`` nearest in RT (ties: lower row)."""
+def _capped_sweep(tm, trt, mz, rt, lo, k, rt_tol, cap, out_t, out_j):
+    """Per target, the ``cap`` matches from ``lo`` up to ``tm / (1 - k)`` nearest in RT
+    (ties: lower row)."""
     best_d = np.empty(cap)
     best_j = np.empty(cap, dtype=np.int64)
     found = 0
     for t in range(tm.size):
         n = 0
-        for j in range(lo[t], hi[t]):
+        high = tm[t] / (1 - k)
+        for j in range(lo[t], mz.size):
+            if mz[j] > high:
+                break
             if abs(tm[t] - mz[j]) > k * mz[j]:
                 continue
             d = abs(trt[t] - rt[j])
