@@ -5,9 +5,10 @@ type (pandas objects pass through or go to pandas; cudf's are registered lazily,
 sight, so cudf is never imported where it is not used).
 
 Kernels: every CPU/CUDA twin (the range join, the ranking within peaks, the drift votes, the
-context pass's isotope odds) has a compiled CPU kernel (numba) and a torch one that also runs
-on CUDA. :func:`compiled` is the one rule that picks between them, so every twin is chosen
-alike and every pair is tested equal by one parametrised test (``tests/test_backends.py``).
+run's curves, the context pass's isotope and sibling odds) has a compiled CPU kernel (numba)
+and a torch one that also runs on CUDA. :func:`compiled` is the one rule that picks between
+them, so every twin is chosen alike and every pair is tested equal by one parametrised test
+(``tests/test_backends.py``).
 """
 
 from __future__ import annotations

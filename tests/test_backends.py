@@ -122,19 +122,31 @@ def sibling_odds_case(kernel, device):
     table = build_ions(lib, select_adducts("positive", config.adducts), config.max_isotope)
     space = SearchSpace.build(table, config.ppm * config.refine_widen)
     peaks = load_peaks(DEMO_DATA / "peaks.csv")
-    block = peaks.assign(core=True)
-    model = fit_context(context_stats(block, space, config, CAL), config, CAL, space)
+    rng = np.random.default_rng(1)
+    # Some peaks without an intensity, or at zero.
+    inten = peaks["intensity"].to_numpy(dtype=np.float64, copy=True)
+    inten[rng.choice(len(peaks), 30, replace=False)] = np.nan
+    inten[rng.choice(len(peaks), 10, replace=False)] = 0.0
+    peaks = peaks.assign(intensity=inten)
+    model = fit_context(context_stats(peaks.assign(core=True), space, config, CAL), config,
+                        CAL, space)
     result = second_pass(first_pass(peaks, space, config, CAL), space, config, CAL)
+    # The block: the partition's peaks, five copies of 80 of them at the same m/z and RT
+    # (more than MAX_PARTNERS per target, the candidate's own peak among them), shuffled,
+    # so block rows, partition rows and sorted rows all differ.
+    copies = peaks.iloc[np.repeat(rng.choice(len(peaks), 80, replace=False), 5)]
+    block = pd.concat([peaks, copies], ignore_index=True)
+    shuffle = rng.permutation(len(block))
+    block = block.iloc[shuffle].reset_index(drop=True)
+    core_rows = np.argsort(shuffle)[: len(peaks)]  # where each partition peak went
     f = result.scored.features
-    li = torch.log(torch.as_tensor(peaks["intensity"].to_numpy(dtype=np.float64),
-                                   device=device))
-    rng = np.random.default_rng(1)  # crowding differs from peak to peak
+    with np.errstate(divide="ignore"):
+        li = torch.log(torch.as_tensor(inten, device=device))
     log_rho = torch.as_tensor(np.log(rng.uniform(1e-4, 1e-2, len(peaks))), device=device)
-    finder = _BlockPeaks(peaks["mz"].to_numpy(dtype=np.float64),
-                         peaks["rt"].to_numpy(dtype=np.float64), model.ppm)
+    finder = _BlockPeaks(block["mz"].to_numpy(dtype=np.float64),
+                         block["rt"].to_numpy(dtype=np.float64), model.ppm)
     odds = _sibling_odds(f.peak.cpu().numpy(), f.ion.cpu().numpy(), space, result.peaks, li,
-                         np.arange(len(peaks)), block, finder, log_rho, model, config, CAL,
-                         kernel=kernel)
+                         core_rows, block, finder, log_rho, model, config, CAL, kernel=kernel)
     assert odds.numel() == f.ion.numel() and bool((odds > 1.0).any())  # partners found
     return {"odds": odds.cpu()}
 

@@ -274,8 +274,7 @@ def _ratio_fit_one(x, expected, sigma, outliers):
     """:func:`_ratio_fit` of one value."""
     a = _lognorm(x, expected, sigma) + math.log1p(-outliers)
     b = _lognorm(x, expected, RATIO_OUTLIER_SIGMA) + math.log(outliers)
-    top = max(a, b)
-    return top + math.log(math.exp(a - top) + math.exp(b - top))
+    return _log_add(a, b)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -429,11 +428,14 @@ def _sibling_odds_compiled(f_peak, f_ion, space: SearchSpace, peaks: dict, li, c
         finder.ppm * 1e-6, model.rt_tol, MAX_PARTNERS, model.log_detect,
         model.ratio_sigma, model.ratio_outliers, calibration.log_intensity_center,
         calibration.log_intensity_scale, pair_sigma(calibration), model.ppm, model.rt_sigma)
-    return torch.from_numpy(out)
+    return torch.from_numpy(out).to(log_rho.device)
 
 
 @numba.njit(cache=True, nogil=True)
 def _log_add(a, b):
+    """``log(exp(a) + exp(b))``, as ``torch.logaddexp`` (NaN in, NaN out)."""
+    if math.isnan(a) or math.isnan(b):
+        return math.nan
     top = max(a, b)
     if top == -np.inf:
         return -np.inf
@@ -484,7 +486,7 @@ def _sibling_odds_loop(cand_peak, cand_ion, inverse, p_start, log_cluster, own_c
                 high = target / (1 - k)
                 found = 0
                 for jj in range(np.searchsorted(sorted_mz, target / (1 + k)), n):
-                    if sorted_mz[jj] > high:
+                    if not sorted_mz[jj] <= high:
                         break
                     if abs(target - sorted_mz[jj]) > k * sorted_mz[jj]:
                         continue
@@ -564,7 +566,7 @@ def _sibling_odds_loop(cand_peak, cand_ion, inverse, p_start, log_cluster, own_c
             if math.isnan(log_d):
                 log_d = math.log(0.5)
             term = math.log1p(-min(math.exp(log_d), 1.0 - 1e-12))
-            if lse[q - lo_p] > -np.inf:
+            if lse[q - lo_p] != -np.inf:  # a NaN fit stays NaN, as in the array version
                 term = _log_add(term, log_d + lse[q - lo_p] - log_rho[p])
             total += term
         out[c] = total

@@ -68,7 +68,7 @@ def _capped_sweep(tm, trt, mz, rt, lo, k, rt_tol, cap, out_t, out_j):
         n = 0
         high = tm[t] / (1 - k)
         for j in range(lo[t], mz.size):
-            if mz[j] > high:
+            if not mz[j] <= high:  # NaN m/z sorts last, out of every window
                 break
             if abs(tm[t] - mz[j]) > k * mz[j]:
                 continue
@@ -222,7 +222,9 @@ def _distinct_sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     g = np.searchsorted(groups, space.group[ions])
     start, size = first[g], count[g]
     mono = space.group_mono[space.group[ions]]
-    mono_rep = np.where(mono >= 0, rep[at_row[np.maximum(mono, 0)]], -1)
+    # Where a group has no monoisotopic ion, no lookup (``at_row`` holds only the rows read).
+    mono_rep = np.full(ions.size, -1, dtype=np.int64)
+    mono_rep[mono >= 0] = rep[at_row[mono[mono >= 0]]]
     owner, cluster, taken = [], [], np.zeros(ions.size, dtype=np.int64)
     has_mono = np.zeros(ions.size, dtype=bool)
     for k in range(int(size.max(initial=0))):
@@ -251,9 +253,10 @@ def _distinct_sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
 
 def distinct_sibling_targets(space: SearchSpace, ions: np.ndarray, ppm: float):
     """:func:`sibling_targets` of distinct, sorted ions (same returns), compiled: each
-    group's clusters are formed once (:func:`_group_clusters`), then handed to its ions.
+    group's clusters are formed once (:func:`_sibling_loop`), then handed to its ions.
 
-    The same arrays as the vectorised :func:`_distinct_sibling_targets` (tested)."""
+    The same arrays as the vectorised :func:`_distinct_sibling_targets`, abundances to
+    rounding (tested)."""
     ions = np.ascontiguousarray(ions, dtype=np.int64)
     groups, ion_group = np.unique(space.group[ions], return_inverse=True)
     return _sibling_loop(ions, np.ascontiguousarray(groups, dtype=np.int64),
@@ -285,6 +288,7 @@ def _sibling_loop(ions, groups, ion_group, group_start, group_rows, group_mono, 
             rows[o + i] = group_rows[s + i]
         for i in range(size):
             m = mz[rows[o + i]]
+            rep[o + i] = o + i  # itself, unless a more abundant row is within the window
             for kk in range(i + 1):  # the most abundant row within the window (itself last)
                 if abs(mz[rows[o + kk]] - m) <= ppm * 1e-6 * m:
                     rep[o + i] = o + kk

@@ -37,7 +37,10 @@ def test_sibling_targets_of_many_candidates_are_each_ones_own():
 def test_compiled_sibling_targets_equal_the_vectorised_ones():
     """The compiled per-group builder gives the same partner clusters, members and
     abundances as the vectorised one, whatever the partner window merges (fine structure of
-    S, Cl and Br compounds: clusters, chains of close isotopologues, ties)."""
+    S, Cl and Br compounds: clusters, chains of close isotopologues), and where a group's
+    monoisotopic ion is missing from the table."""
+    import dataclasses
+
     import pandas as pd
 
     from dask_assign.context.search import _distinct_sibling_targets, distinct_sibling_targets
@@ -53,9 +56,11 @@ def test_compiled_sibling_targets_equal_the_vectorised_ones():
     space = SearchSpace.build(table, config.ppm * config.refine_widen)
     ions = np.unique(rng.choice(len(space.mz), 2000))
     assert pd.Series(space.group[ions]).duplicated().any()  # ions sharing a group
-    for ppm in (0.5, 5.0, 50.0, 500.0):
-        fast = distinct_sibling_targets(space, ions, ppm)
-        slow = _distinct_sibling_targets(space, ions, ppm)
+    no_mono = dataclasses.replace(space, group_mono=np.where(
+        rng.random(space.group_mono.size) < 0.2, -1, space.group_mono))
+    for sp, ppm in [(space, 0.5), (space, 5.0), (space, 50.0), (space, 500.0), (no_mono, 5.0)]:
+        fast = distinct_sibling_targets(sp, ions, ppm)
+        slow = _distinct_sibling_targets(sp, ions, ppm)
         assert fast[0].size > ions.size
         for name, a, b in zip(("owner", "cluster", "log_cluster", "own_cluster", "member",
                                "member_row"), fast, slow, strict=True):
