@@ -231,8 +231,10 @@ def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3)
     lr = np.zeros(n_ions)
     dm = np.zeros(n_ions)
     neutrons = np.zeros(n_ions, dtype=np.int64)
-    code = np.zeros(n_ions, dtype=np.int64)  # the row's label: digits of element configs
-    radix, digits = 1, []
+    # The row's label: a dense id into ``parts``, the label texts of its configurations so
+    # far (renumbered after each element, so that many elements never overflow a code).
+    code = np.zeros(n_ions, dtype=np.int64)
+    parts = [()]
     for e, ((el, n), per) in enumerate(zip(tables, built, strict=True)):
         flat = [cfg for v in sorted(per) for cfg in per[v]]
         start = np.zeros(int(n.max()) + 2, dtype=np.int64)
@@ -265,20 +267,16 @@ def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3)
         lr = np.concatenate([lr[carry], new_lr[keep]])
         dm = np.concatenate([dm[carry], dm[rep] + c_dm[pick]])
         neutrons = np.concatenate([neutrons[carry], new_nt[keep]])
-        code = np.concatenate([code[carry], code[rep] + radix * c_kind[pick]])
-        digits.append((radix, [el.label(k) for k in kinds]))
-        radix *= len(kinds)
-        if radix > 2**62:
-            raise ValueError("too many isotope configurations to label")
+        combined = np.concatenate([code[carry] * len(kinds),
+                                   code[rep] * len(kinds) + c_kind[pick]])
+        code, seen = pd.factorize(combined)
+        texts = [el.label(k) for k in kinds]
+        parts = [parts[u // len(kinds)] + (texts[u % len(kinds)],) for u in seen.tolist()]
     # One label text per distinct code.
-    inverse, codes = pd.factorize(code)
-    names = []
-    for c in codes.tolist():
-        parts = [texts[(c // r) % len(texts)] for r, texts in digits]
-        names.append("+".join(t for t in parts if t) or None)
+    names = ["+".join(t for t in p if t) or None for p in parts]
     labels = sorted({t for t in names if t is not None}, key=_label_key)
     index = {None: 0, **{t: i + 1 for i, t in enumerate(labels)}}
-    label = np.asarray([index[t] for t in names], dtype=np.int64)[inverse]
+    label = np.asarray([index[t] for t in names], dtype=np.int64)[code]
     # Each ion's rows together, the monoisotopic one first: (ion, label) is unique per row.
     rows = np.argsort(ion * (len(labels) + 1) + label)
     return Isotopologues(ion[rows], dm[rows], lr[rows], neutrons[rows], label[rows],

@@ -221,3 +221,30 @@ def test_threshold_and_shift_bounds():
     assert (np.abs(t.nominal) <= 1).all()
     with pytest.raises(ValueError):
         isotopologues({"C": np.array([1])}, 0.0)
+
+
+def test_a_library_of_many_elements_is_labelled():
+    """A library that spans many elements (HMDB's does: metals, halogens, Se, Si, ...) has
+    more combined isotope configurations than one integer code can count: each ion's
+    isotopologues and labels are still those of the ion computed alone."""
+    elements = ["C", "H", "N", "O", "S", "Cl", "Br", "Si", "Se", "K", "Fe", "Zn", "Cu", "Mg",
+                "Ca", "B", "Sn", "Hg", "Pb", "Ni", "Cr", "Ti", "Mo", "Ge", "Te", "Cd", "Ru",
+                "Pd", "W", "Ba"]
+    rng = np.random.default_rng(0)
+    n = 60
+    counts = {el: np.zeros(n, dtype=np.int64) for el in elements}
+    counts["C"][:] = rng.integers(1, 30, n)
+    counts["H"][:] = rng.integers(1, 40, n)
+    for i in range(n):
+        for el in rng.choice(elements[3:], 2, replace=False):
+            counts[el][i] = rng.integers(1, 3)
+    together = isotopologues(counts)
+    for i in range(0, n, 6):
+        alone = isotopologues({el: c[i:i + 1] for el, c in counts.items() if c[i]})
+        mine = together.ion == i
+        got = dict(zip(np.asarray(together.labels, dtype=object)[together.label[mine]],
+                       together.log_abundance[mine], strict=True))
+        want = dict(zip(np.asarray(alone.labels, dtype=object)[alone.label],
+                        alone.log_abundance, strict=True))
+        assert got.keys() == want.keys() and len(got) > 1
+        np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-12)
