@@ -71,6 +71,7 @@ from dask_assign.context.relations import (
 )
 from dask_assign.context.search import (
     _BlockPeaks,
+    _nearest_in_rt,
     distinct_sibling_targets,
     nearest_target,
     neighbours,
@@ -456,20 +457,23 @@ def _sibling_odds_loop(cand_peak, cand_ion, inverse, p_start, log_cluster, own_c
     the candidate's target nearest to it in m/z."""
     n_c = cand_peak.size
     out = np.zeros(n_c)
-    n = sorted_mz.size
     log_window = math.log(2 * ppm) + math.log(2 * rt_tol)
     even = math.log(COELUTION_TAIL / (2 * rt_tol))
     tail = math.log1p(-COELUTION_TAIL)
-    size = 16
-    h_part = np.empty(size, dtype=np.int64)
+    # Buffers for the most any candidate needs: its partners, and ``cap`` hits a member.
+    most_partners, most_members = 1, 1
+    for d in range(p_start.size - 1):
+        most_partners = max(most_partners, p_start[d + 1] - p_start[d])
+        most_members = max(most_members, m_start[p_start[d + 1]] - m_start[p_start[d]])
+    size = cap * most_members
+    h_part = np.empty(size, dtype=np.int64)  # each hit's partner cluster, peak, member
     h_j = np.empty(size, dtype=np.int64)
+    h_m = np.empty(size, dtype=np.int64)
     h_err = np.empty(size)
-    h_target = np.empty(size)
-    h_row = np.empty(size, dtype=np.int64)
     h_keep = np.empty(size, dtype=np.bool_)
     best_d = np.empty(cap)
     best_j = np.empty(cap, dtype=np.int64)
-    lse = np.empty(0)
+    lse = np.empty(most_partners)
     # Candidates of one ion one after the other: its partners' arrays stay in cache.
     for c in np.argsort(inverse, kind="mergesort"):
         d = inverse[c]
@@ -483,46 +487,17 @@ def _sibling_odds_loop(cand_peak, cand_ion, inverse, p_start, log_cluster, own_c
             for m in range(m_start[q], m_start[q + 1]):
                 target = ratio * member_mz[m]
                 # Peaks within k of the target: t / (1 + k) <= mz <= t / (1 - k).
-                high = target / (1 - k)
-                found = 0
-                for jj in range(np.searchsorted(sorted_mz, target / (1 + k)), n):
-                    if not sorted_mz[jj] <= high:
-                        break
-                    if abs(target - sorted_mz[jj]) > k * sorted_mz[jj]:
-                        continue
-                    dd = abs(prt - sorted_rt[jj])
-                    if not dd <= rt_tol and not np.isnan(sorted_rt[jj]):
-                        continue
-                    if np.isnan(dd):
-                        dd = 0.0
-                    if found == cap and dd >= best_d[found - 1]:
-                        continue
-                    at = found if found < cap else cap - 1
-                    while at > 0 and best_d[at - 1] > dd:
-                        best_d[at] = best_d[at - 1]
-                        best_j[at] = best_j[at - 1]
-                        at -= 1
-                    best_d[at] = dd
-                    best_j[at] = jj
-                    if found < cap:
-                        found += 1
+                found = _nearest_in_rt(target, prt, sorted_mz, sorted_rt,
+                                       np.searchsorted(sorted_mz, target / (1 + k)), k,
+                                       rt_tol, best_d, best_j)
                 for f in range(found):
                     j = order[best_j[f]]
                     if j == own:
                         continue
-                    if n_hit == size:  # grow the hit buffers
-                        size *= 2
-                        h_part = np.concatenate((h_part, np.empty(size - n_hit, np.int64)))
-                        h_j = np.concatenate((h_j, np.empty(size - n_hit, np.int64)))
-                        h_err = np.concatenate((h_err, np.empty(size - n_hit)))
-                        h_target = np.concatenate((h_target, np.empty(size - n_hit)))
-                        h_row = np.concatenate((h_row, np.empty(size - n_hit, np.int64)))
-                        h_keep = np.concatenate((h_keep, np.empty(size - n_hit, np.bool_)))
                     h_part[n_hit] = q
                     h_j[n_hit] = j
+                    h_m[n_hit] = m
                     h_err[n_hit] = abs(block_mz[j] - target)
-                    h_target[n_hit] = target
-                    h_row[n_hit] = member_row[m]
                     h_keep[n_hit] = True
                     n_hit += 1
         # A peak counts for the candidate's target nearest to it (the first on ties).
@@ -535,8 +510,6 @@ def _sibling_odds_loop(cand_peak, cand_ion, inverse, p_start, log_cluster, own_c
                         h_keep[a] = False
                         break
                     h_keep[b] = False
-        if lse.size < hi_p - lo_p:
-            lse = np.empty(2 * (hi_p - lo_p))
         for q in range(lo_p, hi_p):
             lse[q - lo_p] = -np.inf
         li = peak_li[p]
@@ -546,7 +519,7 @@ def _sibling_odds_loop(cand_peak, cand_ion, inverse, p_start, log_cluster, own_c
             q = h_part[a]
             j = h_j[a]
             expected = li + log_cluster[q] - own_cluster[q]
-            alone = li + ion_log_abundance[h_row[a]] - own_cluster[q]
+            alone = li + ion_log_abundance[member_row[h_m[a]]] - own_cluster[q]
             x = block_li[j]
             fit = _log_add(_ratio_fit_one(x, expected, ratio_sigma, ratio_outliers),
                            _ratio_fit_one(x, alone, ratio_sigma, ratio_outliers)) - math.log(2)
@@ -555,7 +528,8 @@ def _sibling_odds_loop(cand_peak, cand_ion, inverse, p_start, log_cluster, own_c
                 v = 0.0
             elif v == -np.inf:
                 v = -1e4
-            err = (block_mz[j] - h_target[a]) / h_target[a] * 1e6
+            target = ratio * member_mz[h_m[a]]
+            err = (block_mz[j] - target) / target * 1e6
             near = _lognorm(block_rt[j] - prt, 0.0, rt_sigma) + tail
             v += _lognorm(err, 0.0, mass_sigma) + log_window + _log_add(near, even)
             lse[q - lo_p] = _log_add(lse[q - lo_p], v)

@@ -58,36 +58,46 @@ class _BlockPeaks:
 
 
 @numba.njit(cache=True, nogil=True)
+def _nearest_in_rt(target, target_rt, mz, rt, lo, k, rt_tol, best_d, best_j):
+    """The peaks (sorted by m/z, from ``lo``, the first at or above ``target / (1 + k)``)
+    within ``k`` of ``target`` relative to their m/z and ``rt_tol`` of ``target_rt`` (a peak
+    without RT: any): the ``best_d.size`` nearest in RT (ties: lower row) into ``best_j``,
+    their RT differences into ``best_d``; returns how many."""
+    cap = best_d.size
+    n = 0
+    high = target / (1 - k)
+    for j in range(lo, mz.size):
+        if not mz[j] <= high:  # NaN m/z sorts last, out of every window
+            break
+        if abs(target - mz[j]) > k * mz[j]:
+            continue
+        d = abs(target_rt - rt[j])
+        if not d <= rt_tol and not np.isnan(rt[j]):
+            continue
+        if np.isnan(d):
+            d = 0.0
+        if n == cap and d >= best_d[n - 1]:
+            continue
+        at = n if n < cap else cap - 1
+        while at > 0 and best_d[at - 1] > d:
+            best_d[at] = best_d[at - 1]
+            best_j[at] = best_j[at - 1]
+            at -= 1
+        best_d[at] = d
+        best_j[at] = j
+        if n < cap:
+            n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
 def _capped_sweep(tm, trt, mz, rt, lo, k, rt_tol, cap, out_t, out_j):
-    """Per target, the ``cap`` matches from ``lo`` up to ``tm / (1 - k)`` nearest in RT
-    (ties: lower row)."""
+    """Per target, the ``cap`` matches from ``lo`` nearest in RT (:func:`_nearest_in_rt`)."""
     best_d = np.empty(cap)
     best_j = np.empty(cap, dtype=np.int64)
     found = 0
     for t in range(tm.size):
-        n = 0
-        high = tm[t] / (1 - k)
-        for j in range(lo[t], mz.size):
-            if not mz[j] <= high:  # NaN m/z sorts last, out of every window
-                break
-            if abs(tm[t] - mz[j]) > k * mz[j]:
-                continue
-            d = abs(trt[t] - rt[j])
-            if not d <= rt_tol and not np.isnan(rt[j]):
-                continue
-            if np.isnan(d):
-                d = 0.0
-            if n == cap and d >= best_d[n - 1]:
-                continue
-            at = n if n < cap else cap - 1
-            while at > 0 and best_d[at - 1] > d:
-                best_d[at] = best_d[at - 1]
-                best_j[at] = best_j[at - 1]
-                at -= 1
-            best_d[at] = d
-            best_j[at] = j
-            if n < cap:
-                n += 1
+        n = _nearest_in_rt(tm[t], trt[t], mz, rt, lo[t], k, rt_tol, best_d, best_j)
         for q in range(n):
             if found < out_t.size:
                 out_t[found] = t
