@@ -225,9 +225,12 @@ def stat_columns(n_adducts: int, n_labels: int) -> list[str]:
             + [f"codecoy{b}_{k}" for b in range(n_adducts) for k in range(CO_BINS)])
 
 
-def fit_context(stats: pd.DataFrame, config: AssignConfig, calibration: Calibration,
+def fit_context(stats, config: AssignConfig, calibration: Calibration,
                 space: SearchSpace) -> ContextModel:
     """Fit the :class:`ContextModel` from the summed :func:`context_stats` of all blocks.
+
+    ``stats`` is a frame of the blocks' :func:`context_stats`, one row each, or one block's
+    Series.
 
     The co-elution spread is the robust spread of the RT differences of the 13C pairs in
     excess of the decoys' (random) pairs, and the tolerance their 95% quantile, at least 4
@@ -238,6 +241,8 @@ def fit_context(stats: pd.DataFrame, config: AssignConfig, calibration: Calibrat
     at which those calls have its ion within that tolerance, less the decoys' rate, pulled
     toward the table's prior by a few pseudo-calls.
     """
+    if isinstance(stats, pd.Series):
+        stats = stats.to_frame().T
     total = stats.sum()
     mins = stats[["mz_min", "rt_min"]].min()
     maxs = stats[["mz_max", "rt_max"]].max()

@@ -149,7 +149,7 @@ def context_model(blocks: list, space, space_key, config: AssignConfig,
     detection limit and rate, adduct shares, noise share; sums over blocks)."""
     stats = [dask.delayed(context_stats)(b, space_key, config, calibration) for b in blocks]
     parts = dask.compute(*stats)
-    model = fit_context(pd.concat(parts, ignore_index=True), config, calibration, space)
+    model = fit_context(pd.DataFrame(list(parts)), config, calibration, space)
     log.info("context: co-elution tolerance %.4f min (from %.0f 13C pairs), of adducts %.4f "
              "min, partner window %.1f ppm, isotope detection %.2f, noise share %.2f, adduct "
              "shares %s (from %.0f main-ion calls)", model.rt_tol, model.isotope_pairs,

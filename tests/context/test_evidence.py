@@ -162,7 +162,7 @@ def test_fit_recovers_the_coelution_spread():
     # Gaussian differences: four spreads hold more than the 95% the tolerance must.
     assert one.rt_tol == pytest.approx(4 * one.rt_sigma)
     # Counts add over blocks: two halves give the same fit.
-    halves = pd.concat([context_stats(frame.assign(core=frame["rt"] < 10), space, config, cal),
+    halves = pd.DataFrame([context_stats(frame.assign(core=frame["rt"] < 10), space, config, cal),
                         context_stats(frame.assign(core=frame["rt"] >= 10), space, config, cal)])
     assert fit_context(halves, config, cal, space) == one
     assert one.log_detect == cal.log_detect
