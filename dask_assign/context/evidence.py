@@ -709,7 +709,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
         torch.full_like(molecule, math.log(phi)), math.log1p(-phi) + molecule), nan=0.0)
 
     logit = scored.logit + weight * cand - null[f.peak]
-    return _rescored(result, logit, scored.log_rest - null, partners.n_partners, config)
+    return _rescored(result, logit, scored.log_rest - null, partners.n_partners, space)
 
 
 def _neutral(mz, a, s, ions):
@@ -718,7 +718,8 @@ def _neutral(mz, a, s, ions):
     return (z * mz - s.to(mz.dtype) * C13_SPACING - ions[a, 2]) / ions[a, 0]
 
 
-def _rescored(result: PartitionResult, logit, log_rest, n_partners, config) -> PartitionResult:
+def _rescored(result: PartitionResult, logit, log_rest, n_partners,
+              space: SearchSpace) -> PartitionResult:
     """Softmax of the updated logits (null at 0, dropped candidates at ``log_rest``)."""
     scored = result.scored
     f = scored.features
@@ -732,7 +733,7 @@ def _rescored(result: PartitionResult, logit, log_rest, n_partners, config) -> P
     p_null = torch.where(flagged, nan, p_null)
     new = ScoredPairs(f, rank, prob, p_null, scored.n_candidates, scored.overflow, logit,
                       isomer, log_rest, scored.rest_isomer)
-    pair, call_prob = best_calls(new, n)
+    pair, call_prob = best_calls(new, n, space)
     before = torch.where(result.pair >= 0, scored.features.ion[result.pair.clamp(min=0)],
                          torch.full_like(result.pair, -1))
     after = torch.where(pair >= 0, f.ion[pair.clamp(min=0)], torch.full_like(pair, -1))

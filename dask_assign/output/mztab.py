@@ -17,12 +17,13 @@ What goes where (HUPO-PSI mzTab-M 2.0.0, the release specification's sections an
   abundance: the largest intensity among its peaks.
 - **SMF**: one row per peak with a call: m/z, RT in seconds, charge, adduct, isotopomer (peaks are
   not de-isotoped: the neutrons the isotopologue adds, ``+0`` for the monoisotopic peak,
-  ``+2`` for 37Cl1 or 13C2), intensity, the references to
-  its candidates (ambiguity code 1), and ``opt_global_peak_id`` (the peak table's own id),
-  ``opt_global_prob`` (the call's probability), ``opt_global_p_null`` (the probability that
-  the peak is none of the library's compounds), ``opt_global_p_formula`` (the probability of
-  the call's formula: its library isomers' summed) and ``opt_global_isotopologue`` (the
-  label: ``13C1``, ``37Cl1``, ``13C1+18O1``; null for the monoisotopic peak).
+  ``+2`` for 37Cl1 or 13C2), intensity, the references to its candidates (ambiguity code 1),
+  and ``opt_global_peak_id`` (the peak table's own id), ``opt_global_prob`` (the probability
+  of the call's compound, over its candidate ions), ``opt_global_p_null`` (the probability
+  that the peak is none of the library's compounds), ``opt_global_p_formula`` (the
+  probability of the call's formula: its library isomers' summed) and
+  ``opt_global_isotopologue`` (the label: ``13C1``, ``37Cl1``, ``13C1+18O1``; null for the
+  monoisotopic peak).
 - **SME**: one row per kept candidate of those peaks: database id, formula, theoretical m/z,
   ``id_confidence_measure[1]`` (the candidate's probability), rank (1 = best),
   ``opt_global_ppm_error`` and ``opt_global_rt_error_seconds`` (observed - library).

@@ -394,20 +394,26 @@ def _add_views(peaks: pd.DataFrame, cal: Calibration):
 
 def _add_labels(drawn: pd.DataFrame, cands: pd.DataFrame):
     """The drawn peaks' labels: the call in words and the runner-up (for a compound call the
-    better of its second candidate and the null; for a null call its best candidate)."""
+    better of the next compound, by its summed probability and named by its best-ranked ion,
+    and the null; for a null call its best compound)."""
     called = drawn["compound_id"].notna().to_numpy()
     label = ion_label(drawn["compound_id"], drawn["adduct"], drawn["isotope"])
     name = drawn["name"].astype(object) if "name" in drawn else pd.Series(None,
                                                                            index=drawn.index)
     named = name.notna().to_numpy() & called
     drawn["call"] = np.where(named, name.fillna("").to_numpy() + " (" + label + ")", label)
-    row, rank = cands["row"].to_numpy(), cands["rank"].to_numpy()
-    hit = np.flatnonzero(rank == np.where(called, 1, 0)[row])
+    # Each peak's compounds, as a call sees them (scoring.passes.best_calls).
+    own = drawn["compound_id"].astype("string").fillna("").to_numpy(dtype=object)
+    other = cands.loc[cands["compound_id"].astype("string").fillna("").to_numpy(dtype=object)
+                      != own[cands["row"].to_numpy()]]
+    ranked = other.assign(total=other.groupby(["row", "compound_id"])["prob"].transform("sum"))
+    ranked = ranked.sort_values(["row", "total", "rank"], ascending=[True, False, True])
+    picked = ranked.drop_duplicates("row")
+    row = picked["row"].to_numpy()
     second = np.full(len(drawn), None, dtype=object)
     second_p = np.full(len(drawn), np.nan)
-    picked = cands.iloc[hit]
-    second[row[hit]] = ion_label(picked["compound_id"], picked["adduct"], picked["isotope"])
-    second_p[row[hit]] = picked["prob"].to_numpy(dtype=np.float64)
+    second[row] = ion_label(picked["compound_id"], picked["adduct"], picked["isotope"])
+    second_p[row] = picked["total"].to_numpy(dtype=np.float64)
     p_null = drawn["p_null"].to_numpy(dtype=np.float64, na_value=np.nan)
     null_wins = called & ~(second_p > p_null)  # NaN (no second candidate): the null
     second[null_wins] = "not in library"

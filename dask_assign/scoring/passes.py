@@ -171,25 +171,59 @@ def _merge(first: ScoredPairs, second: ScoredPairs, redo: torch.Tensor) -> Score
     return ScoredPairs(feats.take(order), **{k: v[order] for k, v in pairs.items()}, **peaks)
 
 
-def best_calls(scored: ScoredPairs, n: int):
-    """The call of each peak: its best candidate where that beats the null.
+def best_calls(scored: ScoredPairs, n: int, space: SearchSpace):
+    """The call of each peak: the library compound with the largest probability where that
+    beats the null, named by its likeliest candidate ion.
+
+    The question a call answers is which compound made the peak, so a compound's probability
+    is summed over its candidate ions: isotopologues a peak cannot tell apart (13C2 and 18O
+    of one molecule, a few ppm apart) split the ion's probability, not the compound's.
+
+    Parameters
+    ----------
+    scored : ScoredPairs
+    n : int
+        Peaks of the partition.
+    space : SearchSpace
+        The ion table ``scored`` refers to (its ions' compounds).
 
     Returns
     -------
     pair : torch.Tensor (int64)
-        Row of ``scored`` holding the call, -1 for a null call.
+        Row of ``scored`` holding the call (the compound's most probable candidate), -1 for a
+        null call.
     prob : torch.Tensor
-        Probability of the call (of the null where the null wins).
+        Probability of the called compound (of the null where the null wins; NaN for a
+        flagged overflow).
     """
     f = scored.features
     device = scored.p_null.device
     pair = torch.full((n,), -1, dtype=torch.int64, device=device)
-    first = torch.nonzero(scored.rank == 0).flatten()
-    pair[f.peak[first]] = first
     best = torch.full((n,), -1.0, dtype=scored.prob.dtype, device=device)
-    best[f.peak[first]] = scored.prob[first]
+    if f.peak.numel():
+        compound = torch.as_tensor(space.compound, device=device)[f.ion]
+        # One group per peak and compound, named by its best-ranked candidate.
+        key = f.peak * (int(space.compound.max(initial=0)) + 1) + compound
+        groups, inverse = torch.unique(key, return_inverse=True)
+        total = torch.zeros(groups.numel(), dtype=scored.prob.dtype, device=device)
+        total.index_add_(0, inverse, scored.prob.nan_to_num(0.0))
+        rank = scored.rank.to(torch.int64)
+        unset = int(rank.max()) + 1
+        head_rank = torch.full((groups.numel(),), unset, dtype=torch.int64, device=device)
+        head_rank.scatter_reduce_(0, inverse, rank, reduce="amin")
+        is_head = rank == head_rank[inverse]
+        head = torch.empty(groups.numel(), dtype=torch.int64, device=device)
+        head[inverse[is_head]] = torch.nonzero(is_head).flatten()
+        group_peak = f.peak[head]
+        best.scatter_reduce_(0, group_peak, total, reduce="amax")
+        # Ties between compounds (isomers the data cannot tell apart) go to the better-ranked.
+        top = total == best[group_peak]
+        pick_rank = torch.full((n,), unset, dtype=torch.int64, device=device)
+        pick_rank.scatter_reduce_(0, group_peak[top], head_rank[top], reduce="amin")
+        chosen = top & (head_rank == pick_rank[group_peak])
+        pair[group_peak[chosen]] = head[chosen]
     # A flagged overflow peak has NaN everywhere: no call, NaN probability.
-    wins = best > scored.p_null
+    wins = (best > scored.p_null) & (pair >= 0)
     pair = torch.where(wins, pair, torch.full_like(pair, -1))
     prob = torch.where(wins, best, scored.p_null)
     return pair, prob
@@ -244,7 +278,7 @@ def first_pass(part, space: SearchSpace, config: AssignConfig,
     ions = calibrated_ions(space, calibration, config.device)
     scored = score_in_batches(peaks, ions, space, config, calibration, config.k_first)
     n = peaks["mz"].shape[0]
-    pair, prob = best_calls(scored, n)
+    pair, prob = best_calls(scored, n, space)
     refined = torch.zeros(n, dtype=torch.bool, device=prob.device)
     return PartitionResult(part, peaks, scored, pair, prob, refined)
 
@@ -264,7 +298,7 @@ def second_pass(result: PartitionResult, space: SearchSpace, config: AssignConfi
     second = score_in_batches(sub, calibrated_ions(space, calibration, config.device), space,
                               config, calibration, config.k_max, widen=config.refine_widen)
     scored = _merge(scored, second, redo)
-    pair, prob = best_calls(scored, peaks["mz"].shape[0])
+    pair, prob = best_calls(scored, peaks["mz"].shape[0], space)
     return PartitionResult(result.part, peaks, scored, pair, prob, refined)
 
 

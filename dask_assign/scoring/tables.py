@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 #: Columns and dtypes of the assignments table (one row per peak).
 ASSIGNMENT_DTYPES = {
     "peak_id": "string", "compound_id": "string", "name": "string", "formula": "string",
-    "adduct": "string", "isotope": "string", "prob": "float64", "p_formula": "float64",
-    "p_null": "float64",
+    "adduct": "string", "isotope": "string", "prob": "float64", "p_ion": "float64",
+    "p_formula": "float64", "p_null": "float64",
     "ppm_error": "float64", "rt_error": "float64", "n_candidates": "int64", "overflow": "bool",
     "refined": "bool", "n_partners": "int64", "context_changed": "bool", "mz": "float64",
     "rt": "float64", "intensity": "float64",
@@ -51,39 +51,35 @@ def _labels(space: SearchSpace, ion: np.ndarray,
 def formula_probability(space: SearchSpace, peak: np.ndarray, ion: np.ndarray,
                         prob: np.ndarray, called: np.ndarray) -> np.ndarray:
     """Probability of each peak's call at formula level: the summed probability of its
-    candidates that are the same ion (adduct and isotopologue) of a compound with the call's
-    formula, the library isomers of the call (NaN where the call is the null).
+    candidates whose compound has the call's formula, the call and its library isomers, any
+    ion of them (NaN where the call is the null).
 
     Examples
     --------
-    Two isomers share a peak's probability; the formula takes both:
+    Two isomers share a peak's probability; the formula takes both, and the second
+    isotopologue of the first:
 
     >>> import types
     >>> space = types.SimpleNamespace(
     ...     compounds=pd.DataFrame({"formula": ["C6H12O6", "C6H12O6", "C5H10O5"]}),
-    ...     compound=np.array([0, 1, 2]), adduct=np.array([0, 0, 0]), isotope=np.array([0, 0, 0]))
-    >>> formula_probability(space, np.array([0, 0, 0]), np.array([0, 1, 2]),
-    ...                     np.array([0.5, 0.3, 0.1]), np.array([0])).tolist()
-    [0.8]
+    ...     compound=np.array([0, 1, 2, 0]))
+    >>> formula_probability(space, np.array([0, 0, 0, 0]), np.array([0, 1, 2, 3]),
+    ...                     np.array([0.5, 0.3, 0.1, 0.05]), np.array([0])).tolist()
+    [0.85]
     """
     formula = space.compounds["formula"].astype("string")
     code = pd.factorize(formula.fillna(""), use_na_sentinel=False)[0].astype(np.int64)
     # A compound known only by mass is a formula of its own.
     code = np.where(formula.isna().to_numpy(), -1 - np.arange(code.size), code)
-
-    def key(rows):
-        return np.stack([code[space.compound[rows]], space.adduct[rows],
-                         space.isotope[rows]], axis=1)
-
     out = np.full(called.size, np.nan)
     has = np.flatnonzero(called >= 0)
     if has.size == 0 or peak.size == 0:
         return out
-    mine = key(ion)
-    want = key(called[has])
+    mine = code[space.compound[ion]]
+    want = code[space.compound[called[has]]]
     at = np.searchsorted(has, peak)
     at = np.minimum(at, has.size - 1)
-    same = (has[at] == peak) & (mine == want[at]).all(axis=1)
+    same = (has[at] == peak) & (mine == want[at])
     out[has] = np.bincount(at[same], weights=prob[same], minlength=has.size)
     return out
 
@@ -113,6 +109,7 @@ def to_tables(result: PartitionResult, space: SearchSpace):
     assignments = pd.DataFrame({
         "peak_id": peak_ids, **calls,
         "prob": prob.cpu().numpy(),
+        "p_ion": on_calls(scored.prob.cpu().numpy()),
         "p_formula": formula_probability(space, f.peak.cpu().numpy(), ion,
                                          scored.prob.cpu().numpy(), ion_called),
         "p_null": scored.p_null.cpu().numpy(),
@@ -137,7 +134,8 @@ def to_tables(result: PartitionResult, space: SearchSpace):
         "prob": scored.prob.cpu().numpy(),
     }).astype(CANDIDATE_DTYPES)
     # Sums of probabilities can pass 1 by a rounding error; a probability never does.
-    for table, cols in ((assignments, ("prob", "p_formula", "p_null")), (candidates, ("prob",))):
+    for table, cols in ((assignments, ("prob", "p_ion", "p_formula", "p_null")),
+                        (candidates, ("prob",))):
         for col in cols:
             table[col] = table[col].clip(0.0, 1.0)
     return assignments.astype(ASSIGNMENT_DTYPES), candidates
