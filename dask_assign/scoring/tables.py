@@ -64,8 +64,8 @@ def formula_probability(space: SearchSpace, peak: np.ndarray, ion: np.ndarray,
     ...     compounds=pd.DataFrame({"formula": ["C6H12O6", "C6H12O6", "C5H10O5"]}),
     ...     compound=np.array([0, 1, 2, 0]))
     >>> formula_probability(space, np.array([0, 0, 0, 0]), np.array([0, 1, 2, 3]),
-    ...                     np.array([0.5, 0.3, 0.1, 0.05]), np.array([0])).tolist()
-    [0.85]
+    ...                     np.array([0.5, 0.25, 0.125, 0.125]), np.array([0])).tolist()
+    [0.875]
     """
     formula = space.compounds["formula"].astype("string")
     code = pd.factorize(formula.fillna(""), use_na_sentinel=False)[0].astype(np.int64)
