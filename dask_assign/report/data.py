@@ -406,7 +406,8 @@ def _add_labels(drawn: pd.DataFrame, cands: pd.DataFrame):
     own = drawn["compound_id"].astype("string").fillna("").to_numpy(dtype=object)
     other = cands.loc[cands["compound_id"].astype("string").fillna("").to_numpy(dtype=object)
                       != own[cands["row"].to_numpy()]]
-    ranked = other.assign(total=other.groupby(["row", "compound_id"])["prob"].transform("sum"))
+    ranked = other.assign(total=other.groupby(["row", "compound_id"])["prob"].transform(
+        "sum", min_count=1))  # NaN (a flagged overflow) stays NaN
     ranked = ranked.sort_values(["row", "total", "rank"], ascending=[True, False, True])
     picked = ranked.drop_duplicates("row")
     row = picked["row"].to_numpy()
