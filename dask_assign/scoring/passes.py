@@ -203,7 +203,7 @@ def best_calls(scored: ScoredPairs, n: int, space: SearchSpace):
     if f.peak.numel():
         compound = torch.as_tensor(space.compound, device=device)[f.ion]
         # One group per peak and compound, named by its best-ranked candidate.
-        key = f.peak * (int(space.compound.max(initial=0)) + 1) + compound
+        key = f.peak * len(space.compounds) + compound
         groups, inverse = torch.unique(key, return_inverse=True)
         total = torch.zeros(groups.numel(), dtype=scored.prob.dtype, device=device)
         total.index_add_(0, inverse, scored.prob.nan_to_num(0.0))

@@ -95,6 +95,7 @@ def to_tables(result: PartitionResult, space: SearchSpace):
     ppm = f.ppm_error.cpu().numpy()
     rt_err = (f.peak_rt - f.ion_rt).cpu().numpy()
     pair = pair.cpu().numpy()
+    pair_prob = scored.prob.cpu().numpy()
     called = pair >= 0
     sel = pair[called]
 
@@ -109,9 +110,9 @@ def to_tables(result: PartitionResult, space: SearchSpace):
     assignments = pd.DataFrame({
         "peak_id": peak_ids, **calls,
         "prob": prob.cpu().numpy(),
-        "p_ion": on_calls(scored.prob.cpu().numpy()),
-        "p_formula": formula_probability(space, f.peak.cpu().numpy(), ion,
-                                         scored.prob.cpu().numpy(), ion_called),
+        "p_ion": on_calls(pair_prob),
+        "p_formula": formula_probability(space, f.peak.cpu().numpy(), ion, pair_prob,
+                                         ion_called),
         "p_null": scored.p_null.cpu().numpy(),
         "ppm_error": on_calls(ppm), "rt_error": on_calls(rt_err),
         "n_candidates": scored.n_candidates.cpu().numpy().astype(np.int64),
@@ -131,7 +132,7 @@ def to_tables(result: PartitionResult, space: SearchSpace):
         "rank": scored.rank.cpu().numpy().astype(np.int64),
         "compound_id": labels["compound_id"], "adduct": labels["adduct"],
         "isotope": labels["isotope"], "ppm_error": ppm, "rt_error": rt_err,
-        "prob": scored.prob.cpu().numpy(),
+        "prob": pair_prob,
     }).astype(CANDIDATE_DTYPES)
     # Sums of probabilities can pass 1 by a rounding error; a probability never does.
     for table, cols in ((assignments, ("prob", "p_ion", "p_formula", "p_null")),
