@@ -100,7 +100,9 @@ RT_BINS = 100
 
 @dataclass(frozen=True)
 class ContextModel:
-    """What the context pass fitted from the whole run (the same for every block).
+    """What the context pass fitted from the run (from every RT block, or from a sample of
+    them in a large run: :func:`~dask_assign.graph.plan.context_sample`; the same for every
+    block).
 
     Attributes
     ----------
@@ -227,7 +229,7 @@ def stat_columns(n_adducts: int, n_labels: int) -> list[str]:
 
 def fit_context(stats, config: AssignConfig, calibration: Calibration,
                 space: SearchSpace) -> ContextModel:
-    """Fit the :class:`ContextModel` from the summed :func:`context_stats` of all blocks.
+    """Fit the :class:`ContextModel` from the summed :func:`context_stats` of the blocks.
 
     ``stats`` is a frame of the blocks' :func:`context_stats`, one row each, or one block's
     Series.

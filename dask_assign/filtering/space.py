@@ -7,7 +7,9 @@ calibration moves them (centred windows, mapped library RTs); and the candidate 
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import numba
@@ -182,21 +184,59 @@ def candidate_rt_window(config: AssignConfig, calibration: Calibration) -> float
     return RT_WINDOW_SIGMAS * spread
 
 
+class _LastValue:
+    """The last value computed from one search space (and a key), kept while that space
+    lives: the tasks of a run on a worker share one space and one calibration, and the
+    values derived from them cost a pass over millions of ions each. One entry, so that an
+    EM fit (a new calibration each step) does not pile them up."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entry = None  # (weak reference to the space, key, value)
+
+    def get(self, space: SearchSpace, key, make):
+        with self._lock:
+            entry = self._entry
+        if entry is not None and entry[0]() is space and entry[1] == key:
+            return entry[2]
+        value = make()
+        with self._lock:
+            self._entry = (weakref.ref(space), key, value)
+        return value
+
+
+_MAIN_ADDUCT = _LastValue()
+_CALIBRATED = _LastValue()
+
+
 def main_adduct(space: SearchSpace) -> int:
     """The adduct a run's compounds show most (the table's largest prior): the one the
     calibration learns the run's error models from."""
-    if space.adduct.size == 0:
-        return 0
-    prior = np.full(len(space.adduct_names), -np.inf)
-    np.maximum.at(prior, space.adduct, space.log_adduct_prior)
-    return int(np.argmax(prior))
+    def make():
+        if space.adduct.size == 0:
+            return 0
+        prior = np.full(len(space.adduct_names), -np.inf)
+        np.maximum.at(prior, space.adduct, space.log_adduct_prior)
+        return int(np.argmax(prior))
+
+    return _MAIN_ADDUCT.get(space, None, make)
 
 
 def calibrated_ions(space: SearchSpace, calibration: Calibration, device: str) -> dict:
     """The ion tensors as a run's calibration sees them: the adduct priors it fitted (else the
     table's), and ``mapped_rt``, the library RT mapped to this run, which the RT window is
     centred on, and ``ppm_offset``, the systematic mass error expected at the ion's m/z.
-    Built once per partition stage, shared by its batches."""
+
+    Built once per worker for a space and the calibration's curves and priors (every stage
+    of every block reads the same), and shared: the kernels never write the tensors."""
+    key = (device, calibration.mass_knots, calibration.mass_offsets, calibration.rt_knots,
+           calibration.rt_values, calibration.log_adduct_priors,
+           calibration.log_adduct_background)
+    return dict(_CALIBRATED.get(space, key,
+                                lambda: _calibrated_ions(space, calibration, device)))
+
+
+def _calibrated_ions(space: SearchSpace, calibration: Calibration, device: str) -> dict:
     ions = space.tensors(device)
     if calibration.log_adduct_priors is not None:
         fitted = torch.as_tensor(calibration.log_adduct_priors, dtype=torch.float64,

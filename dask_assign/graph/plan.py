@@ -143,11 +143,33 @@ def rt_blocks(ddf: dd.DataFrame, config: AssignConfig, n_blocks: int | None = No
     return [dask.delayed(rt_block)([sp[k] for sp in splits], edges, k) for k in range(n_blocks)]
 
 
+#: Peaks the context model is fitted on, about: a larger run is fitted on evenly spaced RT
+#: blocks holding this many (co-eluting partners stay together in a block, as they would not
+#: in a sample by peak id). ``benchmarks/context_sample.py`` shows the fit against the blocks.
+CONTEXT_SAMPLE = 200_000
+
+
+def context_sample(n_blocks: int, n_peaks: int) -> list[int]:
+    """The RT blocks (their numbers) the context model is fitted on: all of them below twice
+    :data:`CONTEXT_SAMPLE` peaks, else every k-th (the middle one of each k), so that they
+    hold at least about that many (blocks hold equal peak counts).
+
+    >>> context_sample(4, 1000)
+    [0, 1, 2, 3]
+    >>> context_sample(20, 2_000_000)
+    [5, 15]
+    """
+    step = min(max(1, n_peaks // CONTEXT_SAMPLE), max(n_blocks, 1))
+    return list(range(step // 2, n_blocks, step))
+
+
 def context_model(blocks: list, space, space_key, config: AssignConfig,
-                  calibration: Calibration) -> ContextModel:
-    """Fit the run's co-elution evidence on every block (co-elution spread, accident rate,
-    detection limit and rate, adduct shares, noise share; sums over blocks)."""
-    stats = [dask.delayed(context_stats)(b, space_key, config, calibration) for b in blocks]
+                  calibration: Calibration, n_peaks: int = 0) -> ContextModel:
+    """Fit the run's co-elution evidence (co-elution spread, accident rate, detection limit
+    and rate, adduct shares, noise share; sums over blocks) on the blocks of
+    :func:`context_sample`, all of them for a run of up to :data:`CONTEXT_SAMPLE` peaks."""
+    picked = [blocks[k] for k in context_sample(len(blocks), n_peaks)]
+    stats = [dask.delayed(context_stats)(b, space_key, config, calibration) for b in picked]
     parts = dask.compute(*stats)
     model = fit_context(pd.DataFrame(list(parts)), config, calibration, space)
     log.info("context: co-elution tolerance %.4f min (from %.0f 13C pairs), of adducts %.4f "
@@ -303,11 +325,13 @@ def plan_run(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     resolved = space.resolved(max(config.isotope_merge_ppm, calibration.mass_sigma_ppm))
     if resolved is not space or space_key is None:  # the cluster holds the space once
         space_key = on_workers(resolved)
-    # The evidence is a sum over blocks, the same for any blocks: fitted on one block a
-    # partition, so that the planner can count pairs as the run will score them.
+    # The evidence is a sum over blocks, the same for any blocks (up to CONTEXT_SAMPLE):
+    # fitted on one block a partition, so that the planner can count pairs as the run will
+    # score them.
     blocks = rt_blocks(ddf, config, n_blocks or ddf.npartitions)
     if evidence is None:  # fitted with the generative scorer, as the calibration is
-        evidence = context_model(blocks, resolved, space_key, generative(config), calibration)
+        evidence = context_model(blocks, resolved, space_key, generative(config), calibration,
+                                 n_peaks)
     scoring = with_isomer_rt(scoring_calibration(calibration, evidence, resolved, config),
                              resolved)
     if n_blocks is None:

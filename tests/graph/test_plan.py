@@ -33,3 +33,39 @@ def test_one_partition_or_three_give_the_same_calibration(run):
     for field in ("mass_sigma_ppm", "rt_sigma", "rt_tail_share", "rt_tail_sigma",
                   "null_prior"):
         assert getattr(one, field) == pytest.approx(getattr(three, field), rel=1e-9), field
+
+
+def test_a_large_run_fits_its_context_model_on_evenly_spaced_rt_blocks(run, monkeypatch):
+    """Above ``CONTEXT_SAMPLE`` peaks the context model is the fit of the statistics of
+    every k-th RT block (the middle one of each k), computed here block by block; below it,
+    of every block."""
+    import dataclasses
+
+    import pandas as pd
+
+    from dask_assign.context.model import fit_context
+    from dask_assign.context.stats import context_stats
+    from dask_assign.graph import plan
+
+    peaks, space, config = run
+    ddf = dd.from_pandas(peaks, npartitions=8)
+    monkeypatch.setattr(plan, "CONTEXT_SAMPLE", len(peaks) // 4)
+    with dask.config.set(scheduler="synchronous"):
+        cal = calibrate(ddf, space, config.replace(calibrate=False))
+        blocks = plan.rt_blocks(ddf, config)
+        assert len(blocks) == 8
+        assert plan.context_sample(len(blocks), len(peaks)) == [2, 6]
+        frames = [b.compute() for b in blocks]
+        sampled = plan.context_model(blocks, space, space, config, cal, len(peaks))
+        every = plan.context_model(blocks, space, space, config, cal, len(peaks) // 4)
+
+    def fitted(ks):
+        stats = pd.DataFrame([context_stats(frames[k], space, config, cal) for k in ks])
+        return fit_context(stats, config, cal, space)
+
+    for got, ks in ((sampled, [2, 6]), (every, range(8))):
+        want = fitted(ks)
+        for field in dataclasses.fields(want):
+            np.testing.assert_array_equal(np.asarray(getattr(got, field.name)),
+                                          np.asarray(getattr(want, field.name)), field.name)
+    assert 0 < sampled.main_calls < every.main_calls
