@@ -49,3 +49,34 @@ def test_resolving_at_the_merge_tolerance_changes_nothing(tmp_path):
     wide = space.resolved(30.0)
     assert wide.merged_ppm == 30.0 and len(wide.mz) < len(space.mz)
     assert np.all(np.diff(wide.mz) >= 0)
+
+
+def test_calibrated_ions_are_kept_for_their_space_and_calibration_only(tmp_path):
+    """The per-worker copy is the one its space and calibration give: computed afresh for
+    another calibration (curves or priors) or another space, never a stale one."""
+    import torch
+
+    from dask_assign.config import Calibration
+    from dask_assign.filtering import space as space_module
+    from dask_assign.filtering.space import calibrated_ions, main_adduct
+
+    path = tmp_path / "library.csv"
+    _library().to_csv(path, index=False)
+    space = prepare_library(path, AssignConfig())
+    other = space.resolved(30.0)
+    base = Calibration()
+    changes = [base, base.replace(rt_values=(0.5, 1.2)), base.replace(mass_offsets=(-3.0, 2.0)),
+               base.replace(log_adduct_priors=tuple(np.linspace(-2, 0,
+                                                                len(space.adduct_names))))]
+    for s in (space, other, space):
+        for cal in (*changes, changes[0]):
+            got = calibrated_ions(s, cal, "cpu")
+            want = space_module._calibrated_ions(s, cal, "cpu")
+            assert got.keys() == want.keys()
+            for key in want:
+                torch.testing.assert_close(got[key], want[key], rtol=0, atol=0,
+                                           equal_nan=True, msg=key)
+            assert calibrated_ions(s, cal, "cpu")["mz"] is got["mz"]  # kept, not rebuilt
+        prior = np.full(len(s.adduct_names), -np.inf)
+        np.maximum.at(prior, s.adduct, s.log_adduct_prior)
+        assert main_adduct(s) == int(np.argmax(prior))
