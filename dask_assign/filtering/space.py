@@ -186,12 +186,14 @@ def candidate_rt_window(config: AssignConfig, calibration: Calibration) -> float
 
 class _LastValue:
     """The last value computed from one search space (and a key), kept while that space
-    lives: the tasks of a run on a worker share one space and one calibration, and the
-    values derived from them cost a pass over millions of ions each. One entry, so that an
-    EM fit (a new calibration each step) does not pile them up."""
+    lives and dropped with it: the tasks of a run on a worker share one space and one
+    calibration, and the values derived from them cost a pass over millions of ions each.
+    One entry, so that an EM fit (a new calibration each step) does not pile them up."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        # Re-entrant: the space's collection (its weak reference's callback) may happen
+        # inside the locked region of the same thread.
+        self._lock = threading.RLock()
         self._entry = None  # (weak reference to the space, key, value)
 
     def get(self, space: SearchSpace, key, make):
@@ -201,8 +203,13 @@ class _LastValue:
             return entry[2]
         value = make()
         with self._lock:
-            self._entry = (weakref.ref(space), key, value)
+            self._entry = (weakref.ref(space, self._forget), key, value)
         return value
+
+    def _forget(self, ref):
+        with self._lock:
+            if self._entry is not None and self._entry[0] is ref:
+                self._entry = None
 
 
 _MAIN_ADDUCT = _LastValue()

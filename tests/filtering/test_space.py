@@ -80,3 +80,9 @@ def test_calibrated_ions_are_kept_for_their_space_and_calibration_only(tmp_path)
         prior = np.full(len(s.adduct_names), -np.inf)
         np.maximum.at(prior, s.adduct, s.log_adduct_prior)
         assert main_adduct(s) == int(np.argmax(prior))
+    # Dropped with its space: nothing of a finished run stays on the worker.
+    import gc
+
+    del space, other, s
+    gc.collect()
+    assert space_module._CALIBRATED._entry is None and space_module._MAIN_ADDUCT._entry is None
