@@ -121,11 +121,11 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
     logits = scorer(feats)
     isomer = scorer.isomer_odds(feats)
     order, rank, _ = rank_within_peak(feats.peak, logits)
-    feats, logits, isomer = feats.take(order), logits[order], isomer[order]
     n_cand = torch.bincount(feats.peak, minlength=n)
     overflow = n_cand > k
     keep = rank < k
     if config.overflow == "rounds":
+        feats, logits, isomer = feats.take(order), logits[order], isomer[order]
         # Every candidate counts in the normaliser, K at a time; only the best K are listed.
         slot, share = with_isomers(logits, isomer)
         log_z = logsumexp_rounds(slot, feats.peak, n, torch.div(rank, k, rounding_mode="floor"))
@@ -138,7 +138,8 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
         feats, rank, logits, isomer = feats.take(keep), rank[keep], logits[keep], isomer[keep]
         prob, p_null = slot_probabilities(logits, isomer, feats.peak, n, log_rest, rest_isomer)
     else:
-        feats, logits, rank, isomer = feats.take(keep), logits[keep], rank[keep], isomer[keep]
+        kept = order[keep]  # the listed pairs alone, gathered once
+        feats, logits, rank, isomer = feats.take(kept), logits[kept], rank[keep], isomer[kept]
         prob, p_null = slot_probabilities(logits, isomer, feats.peak, n)
         log_rest = torch.full_like(p_null, float("-inf"))
         rest_isomer = torch.zeros_like(p_null)
