@@ -153,23 +153,42 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
 
 
 def _merge(first: ScoredPairs, second: ScoredPairs, redo: torch.Tensor) -> ScoredPairs:
-    """Replace the pairs and per-peak values of the peaks ``redo`` (global peak rows) by
-    ``second``, whose peaks are numbered 0..len(redo)-1."""
+    """Replace the pairs and per-peak values of the peaks ``redo`` (global peak rows,
+    ascending) by ``second``, whose peaks are numbered 0..len(redo)-1. Both list their pairs
+    grouped by peak in peak order, and so does the result: a peak's pairs come from one pass,
+    in that pass's order (each row is placed, not sorted, into the merged table)."""
+    n = first.overflow.shape[0]
     gone = torch.zeros_like(first.overflow)
     gone[redo] = True
     keep = ~gone[first.features.peak]
-    f2 = second.features
-    f2 = PairFeatures(**{**f2.__dict__, "peak": redo[f2.peak]})
-    feats = PairFeatures(**{k: torch.cat([getattr(first.features, k)[keep], getattr(f2, k)])
-                            for k in f2.__dict__})
-    pairs = {k: torch.cat([getattr(first, k)[keep], getattr(second, k)])
-             for k in ScoredPairs.PAIR_FIELDS}
-    order = torch.sort(feats.peak, stable=True).indices  # back to peak order, ranks kept
+    p1, p2 = first.features.peak[keep], redo[second.features.peak]
+    c1, c2 = torch.bincount(p1, minlength=n), torch.bincount(p2, minlength=n)
+    both = c1 + c2
+    start = torch.cumsum(both, 0) - both
+
+    def place(peak, count):
+        within = torch.arange(peak.numel(), device=peak.device) - (torch.cumsum(count, 0)
+                                                                  - count)[peak]
+        return start[peak] + within
+
+    d1, d2 = place(p1, c1), place(p2, c2)
+    total = p1.numel() + p2.numel()
+
+    def put(a, b):
+        out = torch.empty(total, dtype=a.dtype, device=a.device)
+        out[d1] = a[keep]
+        out[d2] = b
+        return out
+
+    f1, f2 = first.features, second.features
+    feats = PairFeatures(**{k: put(getattr(f1, k), p2 if k == "peak" else getattr(f2, k))
+                            for k in f1.__dict__})
+    pairs = {k: put(getattr(first, k), getattr(second, k)) for k in ScoredPairs.PAIR_FIELDS}
     peaks = {}
     for k in ScoredPairs.PEAK_FIELDS:
         peaks[k] = getattr(first, k).clone()
         peaks[k][redo] = getattr(second, k)
-    return ScoredPairs(feats.take(order), **{k: v[order] for k, v in pairs.items()}, **peaks)
+    return ScoredPairs(feats, **pairs, **peaks)
 
 
 def best_calls(scored: ScoredPairs, n: int, space: SearchSpace):

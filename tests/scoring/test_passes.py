@@ -152,3 +152,39 @@ def test_a_call_is_the_compound_of_largest_summed_probability(rng):
     assert (called["prob"] > called["p_ion"] + 1e-3).sum() >= 5
     assert (a.loc[~wins, "prob"] == a.loc[~wins, "p_null"]).all()
     assert a.loc[~wins, "p_ion"].isna().all()
+
+
+def test_refinement_replaces_the_candidates_of_the_refined_peaks_only(rng):
+    """After the second pass a refined peak lists exactly what scoring it alone in the wider
+    window with ``k_max`` lists, any other peak its first-pass candidates; pairs grouped by
+    peak in peak order, ranks in order."""
+    from dask_assign.filtering.space import calibrated_ions
+    from dask_assign.scoring.passes import first_pass, score_in_batches, second_pass
+
+    lib = library_frame([(f"c{i}", f"C{6 + i % 9}H{10 + i % 7}N{1 + i % 2}O{1 + i % 4}",
+                          1 + (i * 7) % 11) for i in range(80)])
+    space, config = space_and_config(lib, refine_below=0.9, k_first=2)
+    n = 200
+    mz = space.mz[rng.integers(0, space.mz.size, n)] * (1 + rng.normal(0, 6e-6, n))
+    peaks = peaks_frame(list(mz), list(rng.uniform(0, 12, n)))
+    cal = Calibration()
+    first = first_pass(peaks, space, config, cal)
+    second = second_pass(first, space, config, cal)
+    assert second.refined.any() and (~second.refined).any()
+    f1, f2 = first.scored.features, second.scored.features
+    assert bool((f2.peak[1:] >= f2.peak[:-1]).all())
+    ions = calibrated_ions(space, cal, "cpu")
+    for q in range(n):
+        got = f2.peak == q
+        if second.refined[q]:
+            alone = score_in_batches({k: v[q:q + 1] for k, v in first.peaks.items()}, ions,
+                                     space, config, cal, config.k_max,
+                                     widen=config.refine_widen)
+            want_ion, want_rank, want_prob = alone.features.ion, alone.rank, alone.prob
+        else:
+            was = f1.peak == q
+            want_ion, want_rank = f1.ion[was], first.scored.rank[was]
+            want_prob = first.scored.prob[was]
+        assert torch.equal(f2.ion[got], want_ion), q
+        assert torch.equal(second.scored.rank[got], want_rank), q
+        torch.testing.assert_close(second.scored.prob[got], want_prob, rtol=1e-12, atol=1e-15)
