@@ -6,7 +6,7 @@ the EM sample, on one synthetic run (``context_pass.make``: peaks x compounds, t
 (default 200k peaks x 10k compounds).
 
 For each sample size the run is annotated end to end (``dask_assign.run`` on a 2-worker
-LocalCluster, started once) with ``EM_SAMPLE`` set to it; prints the calibration's seconds,
+LocalCluster, started once) with ``EM_SAMPLE`` set to it; prints the plan's seconds,
 its fitted mass spread, RT spread and null prior, and the run's known_top1, unknown_null and
 overall against the truth. A peak sample is chosen by a hash of the peak id, so a smaller
 sample is a subset of a larger one.
@@ -39,34 +39,37 @@ def scores(result: Path, truth: pd.DataFrame) -> dict:
             "overall": round(float(right.mean()), 4)}
 
 
-def main(n_peaks: int = 200_000, n_compounds: int = 10_000):
+def sweep(constant: str, sizes, n_peaks: int, n_compounds: int, measure, config=None):
+    """One synthetic run (``context_pass.make``) annotated end to end for each size, with
+    ``dask_assign.graph.plan.<constant>`` set to it, on one 2-worker LocalCluster.
+
+    ``sizes(n)`` gives the sizes for a run of ``n`` peaks; ``measure(out)`` the fitted values
+    to report from the output folder. Each row: the size, the run's and the plan's seconds,
+    those values and the scores against the truth; printed as they come and as a markdown
+    table at the end.
+    """
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     import dask_assign
     from dask_assign.graph import plan
     from dask_assign.graph.cluster import connect
 
-    work = Path(tempfile.mkdtemp(prefix="em-sample-"))
+    work = Path(tempfile.mkdtemp(prefix=f"{constant.lower()}-"))
     n = make(work, n_peaks, n_compounds)
     truth = pd.read_parquet(work / "truth.parquet")
     truth["compound_id"] = truth["compound_id"].astype("string")
     client, cluster = connect(workers=2)
     rows = []
     try:
-        for size in SIZES:
-            if size > n:
-                continue
-            plan.EM_SAMPLE = size
+        for size in sizes(n):
+            setattr(plan, constant, size)
             out = work / f"out-{size}"
             t = time.perf_counter()
             summary = dask_assign.run(work / "peaks.parquet", work / "library.csv", out,
-                                      client=client)
+                                      config, client=client)
             wall = time.perf_counter() - t
-            cal = json.loads((out / "calibration.json").read_text())
-            rows.append({"em_sample": size, "run_s": round(wall, 1),
-                         "calibrate_s": round(summary["seconds"]["calibrate"], 1),
-                         "mass_sigma_ppm": round(cal["mass_sigma_ppm"], 3),
-                         "rt_sigma": round(cal["rt_sigma"], 4),
-                         "null_prior": round(cal["null_prior"], 4), **scores(out, truth)})
+            rows.append({constant.lower(): size, "run_s": round(wall, 1),
+                         "plan_s": round(summary["seconds"]["calibrate"], 1),
+                         **measure(out), **scores(out, truth)})
             print(rows[-1], flush=True)
     finally:
         client.close()
@@ -76,6 +79,18 @@ def main(n_peaks: int = 200_000, n_compounds: int = 10_000):
     print("|" + "---|" * len(rows[0]))
     for r in rows:
         print("| " + " | ".join(str(v) for v in r.values()) + " |")
+
+
+def fitted_errors(out: Path) -> dict:
+    """The calibration's fitted mass spread, RT spread and null prior."""
+    cal = json.loads((out / "calibration.json").read_text())
+    return {"mass_sigma_ppm": round(cal["mass_sigma_ppm"], 3),
+            "rt_sigma": round(cal["rt_sigma"], 4), "null_prior": round(cal["null_prior"], 4)}
+
+
+def main(n_peaks: int = 200_000, n_compounds: int = 10_000):
+    sweep("EM_SAMPLE", lambda n: [s for s in SIZES if s <= n], n_peaks, n_compounds,
+          fitted_errors)
 
 
 if __name__ == "__main__":
