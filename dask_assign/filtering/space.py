@@ -234,12 +234,9 @@ def calibrated_ions(space: SearchSpace, calibration: Calibration, device: str) -
     table's), and ``mapped_rt``, the library RT mapped to this run, which the RT window is
     centred on, and ``ppm_offset``, the systematic mass error expected at the ion's m/z.
 
-    Built once per worker for a space and the calibration's curves and priors (every stage
-    of every block reads the same), and shared: the kernels never write the tensors."""
-    key = (device, calibration.mass_knots, calibration.mass_offsets, calibration.rt_knots,
-           calibration.rt_values, calibration.log_adduct_priors,
-           calibration.log_adduct_background)
-    return dict(_CALIBRATED.get(space, key,
+    Built once per worker for a space and a calibration (every stage of every block reads
+    the same), and shared: the kernels never write the tensors."""
+    return dict(_CALIBRATED.get(space, (device, calibration),
                                 lambda: _calibrated_ions(space, calibration, device)))
 
 

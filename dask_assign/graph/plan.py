@@ -167,7 +167,7 @@ def context_model(blocks: list, space, space_key, config: AssignConfig,
                   calibration: Calibration, n_peaks: int = 0) -> ContextModel:
     """Fit the run's co-elution evidence (co-elution spread, accident rate, detection limit
     and rate, adduct shares, noise share; sums over blocks) on the blocks of
-    :func:`context_sample`, all of them for a run of up to :data:`CONTEXT_SAMPLE` peaks."""
+    :func:`context_sample`: all of them below twice :data:`CONTEXT_SAMPLE` peaks."""
     picked = [blocks[k] for k in context_sample(len(blocks), n_peaks)]
     stats = [dask.delayed(context_stats)(b, space_key, config, calibration) for b in picked]
     parts = dask.compute(*stats)
@@ -325,7 +325,7 @@ def plan_run(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     resolved = space.resolved(max(config.isotope_merge_ppm, calibration.mass_sigma_ppm))
     if resolved is not space or space_key is None:  # the cluster holds the space once
         space_key = on_workers(resolved)
-    # The evidence is a sum over blocks, the same for any blocks (up to CONTEXT_SAMPLE):
+    # The evidence is a sum over blocks, the same for any blocks (below 2 x CONTEXT_SAMPLE):
     # fitted on one block a partition, so that the planner can count pairs as the run will
     # score them.
     blocks = rt_blocks(ddf, config, n_blocks or ddf.npartitions)
