@@ -4,6 +4,8 @@ model), ``evaluate``, ``report`` and ``demo`` (the shipped demo)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -62,6 +64,7 @@ def _add_run_options(p: argparse.ArgumentParser):
                    "$DASK_SCHEDULER_ADDRESS, else a new local cluster)")
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: "
                    "one per core, at most 4; small runs: one in-process worker)")
+    _add_dashboard_option(p)
     p.add_argument("--gpu", action="store_true",
                    help="run on the GPUs: a dask-cuda LocalCUDACluster (one worker per GPU), "
                         "CUDA kernels (--device cuda), cudf partitions where RAPIDS is "
@@ -71,6 +74,12 @@ def _add_run_options(p: argparse.ArgumentParser):
     _add_overwrite_option(p)
     _add_tls_options(p)
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _add_dashboard_option(p):
+    p.add_argument("--dashboard", action=argparse.BooleanOptionalAction,
+                   help="serve the Dask dashboard of the local cluster (default: yes, but for "
+                        "a table under 1 MiB, annotated in seconds in this process)")
 
 
 def _add_overwrite_option(p):
@@ -137,12 +146,27 @@ def _run(args, peaks, library, out, config=None, columns=None, fmt=None, schedul
         return _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, workers)
 
 
+@contextlib.contextmanager
+def _frozen_imports():
+    """Import the annotation stack (torch, numba, pandas, dask, distributed) without the
+    garbage collector, then freeze what the imports made: they make long-lived objects, yet
+    each full collection walked all of them again (six in a small run, 0.7 s in all;
+    ``benchmarks/NOTES.md``). Later garbage is collected as usual."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, workers) -> dict:
-    from dask_assign.files import input_path, remove_own_folder
-    from dask_assign.filtering.space import prepare_library
-    from dask_assign.graph.cluster import connect
-    from dask_assign.graph.run import run
-    from dask_assign.io.peaks import read_peaks
+    with _frozen_imports():
+        from dask_assign.files import input_path, remove_own_folder
+        from dask_assign.filtering.space import prepare_library
+        from dask_assign.graph.cluster import connect
+        from dask_assign.graph.run import run
+        from dask_assign.io.peaks import read_peaks
 
     columns = columns if columns is not None else args.columns
     space = prepare_library(library, config)
@@ -160,11 +184,18 @@ def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, wor
         # The dask-kubernetes operator tells a DaskJob pod its scheduler this way.
         address = args.scheduler or scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
         n_workers = args.workers or workers
-        small = not (address or gpu or n_workers) and _input_bytes(peaks) < SMALL_RUN_BYTES
+        local = not (address or gpu or n_workers)
+        size = _input_bytes(peaks)
+        dashboard = args.dashboard if getattr(args, "dashboard", None) is not None \
+            else not (local and size < DASHBOARD_BYTES)
         client, cluster = connect(address, n_workers, security=_security(args),
-                                  gpu=gpu and not address, processes=not small)
+                                  gpu=gpu and not address,
+                                  processes=not (local and size < SMALL_RUN_BYTES),
+                                  dashboard=dashboard)
+        link = client.dashboard_link if dashboard or address or gpu \
+            else "off (a small run; --dashboard serves it)"
         try:
-            print(f"dashboard: {client.dashboard_link}", flush=True)
+            print(f"dashboard: {link}", flush=True)
             summary = run(ddf, space, out, config, client=client, fmt=fmt or args.format,
                           sources={"peaks": peaks, "library": library}, resume=args.resume,
                           progress=sys.stdout.isatty() and not getattr(args, "quiet", False),
@@ -175,7 +206,7 @@ def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, wor
                 cluster.close()
     finally:
         remove_own_folder(workdir)
-    summary["dashboard"] = client.dashboard_link
+    summary["dashboard"] = link
     return summary
 
 
@@ -183,6 +214,12 @@ def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, wor
 #: the client's process unless ``--workers`` asks for processes: starting worker processes
 #: (each imports torch) takes longer than annotating them (benchmarks/NOTES.md).
 SMALL_RUN_BYTES = 16 * 2**20
+
+
+#: Peak tables smaller than this (about 15k peaks of CSV) run without the dashboard unless
+#: ``--dashboard`` asks for it: they are annotated in a few seconds, and importing the
+#: dashboard's bokeh takes about 0.5 s of them (benchmarks/NOTES.md).
+DASHBOARD_BYTES = 2**20
 
 
 def _input_bytes(path) -> int:
@@ -322,9 +359,12 @@ def _train(args, config, sets) -> int:
     from . import __version__
 
     address = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    client, cluster = connect(address, args.workers, security=_security(args))
+    dashboard = args.dashboard is not False
+    client, cluster = connect(address, args.workers, security=_security(args),
+                              dashboard=dashboard)
     try:
-        print(f"dashboard: {client.dashboard_link}", flush=True)
+        print(f"dashboard: {client.dashboard_link if dashboard or address else 'off'}",
+              flush=True)
         with client.as_current():
             runs = [label_run(p, lib, t, config, name) for p, lib, t, name in sets]
     finally:
@@ -407,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--scheduler", help="address of a running Dask scheduler (overrides the job)")
     j.add_argument("--workers", type=int, help="worker processes of the local cluster")
     j.add_argument("--resume", action="store_true")
+    _add_dashboard_option(j)
     _add_overwrite_option(j)
     _add_tls_options(j)
     j.add_argument("-v", "--verbose", action="store_true")

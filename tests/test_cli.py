@@ -33,6 +33,21 @@ def test_run_end_to_end_csv(tmp_path):
     assert (out / "_SUCCESS").exists()
 
 
+def test_small_run_serves_the_dashboard_only_when_asked(tmp_path):
+    """A table under 1 MiB runs in this process without the dashboard (bokeh's import would
+    be a fifth of the run); ``--dashboard`` serves it, and the summary says which."""
+    args = ("run", DEMO / "peaks.csv", DEMO / "library.csv", "--k-max", "30")
+    quiet = cli(*args, "--out", tmp_path / "a")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "dashboard: off" in quiet.stdout and "http://" not in quiet.stdout
+    served = cli(*args, "--out", tmp_path / "b", "--dashboard")
+    assert served.returncode == 0, served.stderr
+    assert "dashboard        http://127.0.0.1:" in served.stdout
+    for name in ("assignments", "candidates"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / f"{name}.parquet"),
+                                      pd.read_parquet(tmp_path / "b" / f"{name}.parquet"))
+
+
 def test_demo_prints_summary_and_accuracy(tmp_path):
     res = cli("demo", "--out", tmp_path / "demo", "--workers", "2")
     assert res.returncode == 0, res.stderr

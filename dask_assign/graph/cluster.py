@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import time
@@ -49,6 +50,22 @@ class TorchThreads(WorkerPlugin):
         import torch
 
         torch.set_num_threads(self.threads)
+
+
+class FrozenImports(WorkerPlugin):
+    """Import what the tasks run (torch, numba, pandas) when a worker starts, without the
+    garbage collector, and freeze it: every full collection would walk those long-lived
+    objects again (as ``dask-assign``'s client does for itself)."""
+
+    name = "dask-assign-frozen-imports"
+
+    def setup(self, worker):
+        gc.disable()
+        try:
+            import dask_assign.graph.tasks  # noqa: F401
+        finally:
+            gc.freeze()
+            gc.enable()
 
 
 class ReturnFreedMemory(WorkerPlugin):
@@ -154,7 +171,7 @@ def gpu_cluster(workers: int | None, security=None, rmm_pool_size: str | None = 
 
 def connect(scheduler: str | None = None, workers: int | None = None,
             threads_per_worker: int = 1, memory_limit="auto", security=None,
-            gpu: bool = False, processes: bool = True):
+            gpu: bool = False, processes: bool = True, dashboard: bool = True):
     """A client on an existing scheduler, or on a new LocalCluster of worker processes.
 
     Parameters
@@ -176,6 +193,10 @@ def connect(scheduler: str | None = None, workers: int | None = None,
         ``False``: a LocalCluster in this process (one worker, a thread per core, each task
         with ``threads_per_worker`` torch threads): it starts in a fraction of a second,
         where each worker process would import torch again; for small runs.
+    dashboard : bool
+        Serve the Dask dashboard of a new LocalCluster. ``False`` spares the import of bokeh
+        (about 0.5 s) where a run ends before anyone could open it; the scheduler's HTTP
+        endpoints (``/health``, ``/metrics``) are served either way.
 
     Returns
     -------
@@ -205,7 +226,8 @@ def connect(scheduler: str | None = None, workers: int | None = None,
     else:
         n = workers or max(1, min(os.cpu_count() or 1, 4))
         local = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
-                 "memory_limit": memory_limit, "security": security}
+                 "memory_limit": memory_limit, "security": security,
+                 "scheduler_kwargs": {"dashboard": dashboard}}
         if processes:
             with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
                 cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
@@ -214,6 +236,7 @@ def connect(scheduler: str | None = None, workers: int | None = None,
             cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False,
                                    protocol="tcp://", **local)
         client = Client(cluster, security=security)
+    client.register_plugin(FrozenImports())
     client.register_plugin(TorchThreads(threads_per_worker))
     client.register_plugin(ReturnFreedMemory())
     try:
@@ -222,5 +245,5 @@ def connect(scheduler: str | None = None, workers: int | None = None,
         client.register_plugin(RunMetrics())
     except Exception as err:  # a scheduler without dask-assign installed: no live metrics
         log.warning("live metrics unavailable on this scheduler: %s", err)
-    log.info("dashboard: %s", client.dashboard_link)
+    log.info("dashboard: %s", client.dashboard_link if dashboard or scheduler or gpu else "off")
     return client, cluster

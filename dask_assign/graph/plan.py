@@ -171,7 +171,10 @@ def context_model(blocks: list, space, space_key, config: AssignConfig,
     picked = [blocks[k] for k in context_sample(len(blocks), n_peaks)]
     stats = [dask.delayed(context_stats)(b, space_key, config, calibration) for b in picked]
     parts = dask.compute(*stats)
-    model = fit_context(pd.DataFrame(list(parts)), config, calibration, space)
+    # One block of rows: a frame built from the Series column by column spent 0.3 s on its
+    # first call in a small run (1,954 columns), more than the statistics took.
+    frame = pd.DataFrame(np.vstack([p.to_numpy() for p in parts]), columns=parts[0].index)
+    model = fit_context(frame, config, calibration, space)
     log.info("context: co-elution tolerance %.4f min (from %.0f 13C pairs), of adducts %.4f "
              "min, partner window %.1f ppm, isotope detection %.2f, noise share %.2f, adduct "
              "shares %s (from %.0f main-ion calls)", model.rt_tol, model.isotope_pairs,
