@@ -152,12 +152,14 @@ def _frozen_imports():
     garbage collector, then freeze what the imports made: they make long-lived objects, yet
     each full collection walked all of them again (six in a small run, 0.7 s in all;
     ``benchmarks/NOTES.md``). Later garbage is collected as usual."""
+    enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         gc.freeze()
-        gc.enable()
+        if enabled:
+            gc.enable()
 
 
 def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, workers) -> dict:

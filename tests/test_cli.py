@@ -1,5 +1,6 @@
 """The command line, end to end, on a LocalCluster started by the command itself."""
 
+import gc
 import json
 import os
 import shutil
@@ -46,6 +47,17 @@ def test_small_run_serves_the_dashboard_only_when_asked(tmp_path):
     for name in ("assignments", "candidates"):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / f"{name}.parquet"),
                                       pd.read_parquet(tmp_path / "b" / f"{name}.parquet"))
+
+
+def test_a_run_freezes_its_imports_and_keeps_collecting(tmp_path, cli_main):
+    """The stack is imported with the collector off, then frozen out of later full
+    collections (by the command, and by its in-process worker); the collector is on again
+    for the run's own garbage."""
+    gc.unfreeze()
+    code, err = cli_main(["run", DEMO / "peaks.csv", DEMO / "library.csv", "--out",
+                          tmp_path / "out", "--k-max", "30"])
+    assert code == 0, err
+    assert gc.isenabled() and gc.get_freeze_count() > 10_000
 
 
 def test_demo_prints_summary_and_accuracy(tmp_path):

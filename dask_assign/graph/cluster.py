@@ -60,12 +60,14 @@ class FrozenImports(WorkerPlugin):
     name = "dask-assign-frozen-imports"
 
     def setup(self, worker):
+        enabled = gc.isenabled()
         gc.disable()
         try:
             import dask_assign.graph.tasks  # noqa: F401
         finally:
             gc.freeze()
-            gc.enable()
+            if enabled:
+                gc.enable()
 
 
 class ReturnFreedMemory(WorkerPlugin):

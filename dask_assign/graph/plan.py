@@ -171,8 +171,8 @@ def context_model(blocks: list, space, space_key, config: AssignConfig,
     picked = [blocks[k] for k in context_sample(len(blocks), n_peaks)]
     stats = [dask.delayed(context_stats)(b, space_key, config, calibration) for b in picked]
     parts = dask.compute(*stats)
-    # One block of rows: a frame built from the Series column by column spent 0.3 s on its
-    # first call in a small run (1,954 columns), more than the statistics took.
+    # One array, not one per statistic (1,954 of them: their allocations set off a full
+    # garbage collection in a small run).
     frame = pd.DataFrame(np.vstack([p.to_numpy() for p in parts]), columns=parts[0].index)
     model = fit_context(frame, config, calibration, space)
     log.info("context: co-elution tolerance %.4f min (from %.0f 13C pairs), of adducts %.4f "
