@@ -186,6 +186,11 @@ class Isotopologues:
         return int(self.ion.size)
 
 
+#: Fixed cost of one element's pass over a group of ions, in rows' worth of work (Python and
+#: numpy call overhead): ions are grouped by their elements only where that saves passes.
+PASS_ROWS = 5000
+
+
 def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3) -> Isotopologues:
     """Every isotopologue of each ion above ``min_abundance`` of its monoisotopic one.
 
@@ -205,22 +210,76 @@ def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3)
     if not 0 < min_abundance <= 1:
         raise ValueError("min_abundance must lie in (0, 1]")
     n_ions = len(next(iter(counts.values()))) if counts else 0
-    log_min = math.log(min_abundance)
     order = [s for s in hill_order(counts) if element_isotopes(s).log_ratio]
-    elements = [element_isotopes(s) for s in order]
-    tables = []
-    for el in elements:
-        n = np.asarray(counts[el.symbol], dtype=np.int64)
-        if (n < 0).any():
-            raise ValueError(f"negative count of {el.symbol}")
-        tables.append((el, n))
+    atoms = {}
+    for s in order:
+        atoms[s] = np.asarray(counts[s], dtype=np.int64)
+        if (atoms[s] < 0).any():
+            raise ValueError(f"negative count of {s}")
+    log_min = math.log(min_abundance)
+    if not order or n_ions < 2 * PASS_ROWS:  # two groups would cost more than one pass
+        return _isotopologues_of(atoms, n_ions, log_min, max_shift, element_configs)
+    # Ions grouped by the elements they hold: a library of many elements (HMDB: dozens)
+    # holds most of them in a few ions, and each element's pass is over every row of its
+    # group. Each ion's set as integers, 62 elements a word (far faster to sort than rows
+    # of booleans), combined word by word into one group id.
+    held = np.stack([atoms[s] > 0 for s in order], axis=1)
+    group = np.zeros(n_ions, dtype=np.int64)
+    for w in range(0, len(order), 62):
+        bits = held[:, w:w + 62] @ (1 << np.arange(min(62, len(order) - w), dtype=np.int64))
+        word = np.unique(bits, return_inverse=True)[1].ravel()
+        group = np.unique(group * (int(word.max()) + 1) + word, return_inverse=True)[1].ravel()
+    sets = held[np.unique(group, return_index=True)[1]]
+    # Row passes either way, and each group's pass costs about PASS_ROWS rows more.
+    grouped = float((np.bincount(group) + PASS_ROWS) @ sets.sum(axis=1))
+    if len(sets) == 1 or grouped >= n_ions * len(order):
+        return _isotopologues_of(atoms, n_ions, log_min, max_shift, element_configs)
+    # Each element's configurations by atom count, pruned at the threshold less what the
+    # other elements of any ion could add: built once, then each group takes those above its
+    # own (tighter) bound, which are what element_configs would give it.
+    tables = [(element_isotopes(s), n) for s, n in atoms.items()]
+    loosest = {el.symbol: log_min - _gain_bound(el, tables) for el, _ in tables}
+    built: dict = {}
+
+    def configs(el: ElementIsotopes, v: int, bound: float) -> list:
+        if (el.symbol, v) not in built:
+            built[el.symbol, v] = element_configs(el, v, loosest[el.symbol])
+        return [c for c in built[el.symbol, v] if c[1] >= bound]
+
+    parts = []
+    for g, has in enumerate(sets):
+        rows = np.flatnonzero(group == g)
+        sub = {s: atoms[s][rows] for s, h in zip(order, has, strict=True) if h}
+        parts.append((rows, _isotopologues_of(sub, rows.size, log_min, max_shift, configs,
+                                              ordered=False)))
+    labels = sorted({t for _, part in parts for t in part.labels[1:]}, key=_label_key)
+    index = {None: 0, **{t: i + 1 for i, t in enumerate(labels)}}
+    ion = np.concatenate([rows[part.ion] for rows, part in parts])
+    label = np.concatenate([np.array([index[t] for t in part.labels], dtype=np.int64)[part.label]
+                            for _, part in parts])
+    rows = np.argsort(ion * (len(labels) + 1) + label)
+
+    def joined(name):
+        return np.concatenate([getattr(part, name) for _, part in parts])[rows]
+
+    return Isotopologues(ion[rows], joined("delta_mass"), joined("log_abundance"),
+                         joined("nominal"), label[rows], (None, *labels))
+
+
+def _isotopologues_of(atoms: dict, n_ions: int, log_min: float, max_shift: int,
+                      configs, ordered: bool = True) -> Isotopologues:
+    """:func:`isotopologues` of ions that hold the elements of ``atoms`` (counts, Hill
+    order, isotopic elements only); ``configs(element, count, bound)``:
+    :func:`element_configs`. ``ordered=False`` leaves the rows unsorted (the caller sorts
+    the groups' rows together)."""
+    tables = [(element_isotopes(s), n) for s, n in atoms.items()]
     # Each element's configurations by atom count, pruned at the threshold less what the
     # other elements could add; and, per ion, the most the elements after each one can add.
     built = []
-    remaining = np.zeros((len(tables) + 1, n_ions))
     for el, n in tables:
         bound = log_min - _gain_bound(el, tables)
-        built.append({int(v): element_configs(el, int(v), bound) for v in np.unique(n)})
+        built.append({int(v): configs(el, int(v), bound) for v in np.unique(n)})
+    remaining = np.zeros((len(tables) + 1, n_ions))
     for e in range(len(tables) - 1, -1, -1):
         best = np.zeros(int(tables[e][1].max()) + 1)
         for v, cfgs in built[e].items():
@@ -278,7 +337,7 @@ def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3)
     index = {None: 0, **{t: i + 1 for i, t in enumerate(labels)}}
     label = np.asarray([index[t] for t in names], dtype=np.int64)[code]
     # Each ion's rows together, the monoisotopic one first: (ion, label) is unique per row.
-    rows = np.argsort(ion * (len(labels) + 1) + label)
+    rows = np.argsort(ion * (len(labels) + 1) + label) if ordered else slice(None)
     return Isotopologues(ion[rows], dm[rows], lr[rows], neutrons[rows], label[rows],
                          (None, *labels))
 
