@@ -4,8 +4,6 @@ model), ``evaluate``, ``report`` and ``demo`` (the shipped demo)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 import logging
 import os
@@ -146,27 +144,13 @@ def _run(args, peaks, library, out, config=None, columns=None, fmt=None, schedul
         return _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, workers)
 
 
-@contextlib.contextmanager
-def _frozen_imports():
-    """Import the annotation stack (torch, numba, pandas, dask, distributed) without the
-    garbage collector, then freeze what the imports made: they make long-lived objects, yet
-    each full collection walked all of them again (six in a small run, 0.7 s in all;
-    ``benchmarks/NOTES.md``). Later garbage is collected as usual."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
-
-
 def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, workers) -> dict:
-    with _frozen_imports():
+    from .startup import frozen_imports
+
+    with frozen_imports():
         from dask_assign.files import input_path, remove_own_folder
         from dask_assign.filtering.space import prepare_library
-        from dask_assign.graph.cluster import connect
+        from dask_assign.graph.cluster import connect, serves_dashboard
         from dask_assign.graph.run import run
         from dask_assign.io.peaks import read_peaks
 
@@ -188,13 +172,13 @@ def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, wor
         n_workers = args.workers or workers
         local = not (address or gpu or n_workers)
         size = _input_bytes(peaks)
-        dashboard = args.dashboard if getattr(args, "dashboard", None) is not None \
+        dashboard = args.dashboard if args.dashboard is not None \
             else not (local and size < DASHBOARD_BYTES)
         client, cluster = connect(address, n_workers, security=_security(args),
                                   gpu=gpu and not address,
                                   processes=not (local and size < SMALL_RUN_BYTES),
                                   dashboard=dashboard)
-        link = client.dashboard_link if dashboard or address or gpu \
+        link = client.dashboard_link if serves_dashboard(address, gpu, dashboard) \
             else "off (a small run; --dashboard serves it)"
         try:
             print(f"dashboard: {link}", flush=True)
@@ -354,7 +338,7 @@ def cmd_train(args) -> int:
 def _train(args, config, sets) -> int:
     import datetime
 
-    from dask_assign.graph.cluster import connect
+    from dask_assign.graph.cluster import connect, serves_dashboard
     from dask_assign.scoring.model import MODEL_FIELDS, save_model
     from dask_assign.training.fit import label_run, train
 
@@ -365,8 +349,8 @@ def _train(args, config, sets) -> int:
     client, cluster = connect(address, args.workers, security=_security(args),
                               dashboard=dashboard)
     try:
-        print(f"dashboard: {client.dashboard_link if dashboard or address else 'off'}",
-              flush=True)
+        served = serves_dashboard(address, False, dashboard)
+        print(f"dashboard: {client.dashboard_link if served else 'off'}", flush=True)
         with client.as_current():
             runs = [label_run(p, lib, t, config, name) for p, lib, t, name in sets]
     finally:

@@ -231,7 +231,8 @@ def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3)
         group = np.unique(group * (int(word.max()) + 1) + word, return_inverse=True)[1].ravel()
     sets = held[np.unique(group, return_index=True)[1]]
     # Row passes either way, and each group's pass costs about PASS_ROWS rows more.
-    grouped = float((np.bincount(group) + PASS_ROWS) @ sets.sum(axis=1))
+    sizes = np.bincount(group)
+    grouped = float((sizes + PASS_ROWS) @ sets.sum(axis=1))
     if len(sets) == 1 or grouped >= n_ions * len(order):
         return _isotopologues_of(atoms, n_ions, log_min, max_shift, element_configs)
     # Each element's configurations by atom count, pruned at the threshold less what the
@@ -247,8 +248,10 @@ def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3)
         return [c for c in built[el.symbol, v] if c[1] >= bound]
 
     parts = []
+    by_group = np.argsort(group, kind="stable")  # each group's rows, ascending
+    ends = np.cumsum(sizes)
     for g, has in enumerate(sets):
-        rows = np.flatnonzero(group == g)
+        rows = by_group[ends[g] - sizes[g]:ends[g]]
         sub = {s: atoms[s][rows] for s, h in zip(order, has, strict=True) if h}
         parts.append((rows, _isotopologues_of(sub, rows.size, log_min, max_shift, configs,
                                               ordered=False)))
@@ -257,13 +260,13 @@ def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3)
     ion = np.concatenate([rows[part.ion] for rows, part in parts])
     label = np.concatenate([np.array([index[t] for t in part.labels], dtype=np.int64)[part.label]
                             for _, part in parts])
-    rows = np.argsort(ion * (len(labels) + 1) + label)
+    by_ion = np.argsort(ion * (len(labels) + 1) + label)
 
     def joined(name):
-        return np.concatenate([getattr(part, name) for _, part in parts])[rows]
+        return np.concatenate([getattr(part, name) for _, part in parts])[by_ion]
 
-    return Isotopologues(ion[rows], joined("delta_mass"), joined("log_abundance"),
-                         joined("nominal"), label[rows], (None, *labels))
+    return Isotopologues(ion[by_ion], joined("delta_mass"), joined("log_abundance"),
+                         joined("nominal"), label[by_ion], (None, *labels))
 
 
 def _isotopologues_of(atoms: dict, n_ions: int, log_min: float, max_shift: int,

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import logging
 import os
 import time
 
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
+
+from dask_assign.startup import frozen_imports
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +54,15 @@ class TorchThreads(WorkerPlugin):
 
 
 class FrozenImports(WorkerPlugin):
-    """Import what the tasks run (torch, numba, pandas) when a worker starts, without the
-    garbage collector, and freeze it: every full collection would walk those long-lived
-    objects again (as ``dask-assign``'s client does for itself)."""
+    """Import what the tasks run (torch, numba, pandas) when a worker starts, frozen out of
+    the garbage collector's full collections (:func:`dask_assign.startup.frozen_imports`,
+    as ``dask-assign``'s client does for itself)."""
 
     name = "dask-assign-frozen-imports"
 
     def setup(self, worker):
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with frozen_imports():
             import dask_assign.graph.tasks  # noqa: F401
-        finally:
-            gc.freeze()
-            if enabled:
-                gc.enable()
 
 
 class ReturnFreedMemory(WorkerPlugin):
@@ -247,5 +242,13 @@ def connect(scheduler: str | None = None, workers: int | None = None,
         client.register_plugin(RunMetrics())
     except Exception as err:  # a scheduler without dask-assign installed: no live metrics
         log.warning("live metrics unavailable on this scheduler: %s", err)
-    log.info("dashboard: %s", client.dashboard_link if dashboard or scheduler or gpu else "off")
+    log.info("dashboard: %s",
+             client.dashboard_link if serves_dashboard(scheduler, gpu, dashboard) else "off")
     return client, cluster
+
+
+def serves_dashboard(scheduler: str | None, gpu: bool, dashboard: bool) -> bool:
+    """Whether :func:`connect` with these arguments gives a client whose cluster serves the
+    dashboard: ``dashboard=False`` turns it off only on a LocalCluster started here (a
+    running scheduler and a LocalCUDACluster keep theirs)."""
+    return bool(dashboard or scheduler or gpu)
