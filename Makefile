@@ -30,7 +30,7 @@ demo: venv
 	$(BIN)/dask-assign demo --overwrite
 
 test: venv browser
-	$(BIN)/ruff check dask_assign tests benchmarks
+	$(BIN)/ruff check dask_assign tests benchmarks notebooks
 	$(BIN)/python -m pytest -q
 
 # The peer IPA (ipaPy2) in its own environment: it needs pandas < 3.
@@ -75,7 +75,7 @@ bench: venv
 	$(BIN)/python benchmarks/context_pass.py 1000000 100000
 
 lint: venv
-	$(BIN)/ruff check dask_assign tests benchmarks
+	$(BIN)/ruff check dask_assign tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) .venv-ipa .venv-openms build *.egg-info demo-output

@@ -119,7 +119,7 @@ def em_statistics(part, space: SearchSpace, config: AssignConfig,
                               config, calibration, config.k_first, adduct=main)
     f = scored.features
     w = scored.prob.nan_to_num(0.0)
-    ion_mz = torch.as_tensor(space.mz, device=w.device)[f.ion]
+    ion_mz = space.take("mz", f.ion)
     has_rt = ~torch.isnan(f.ion_rt)
     vals = [float(len(part)), float(w.sum())]
     vals += curve_statistics(ion_mz, f.ppm_error, w, calibration.mass_knots)
@@ -136,7 +136,7 @@ def em_statistics(part, space: SearchSpace, config: AssignConfig,
     vals += [float((wr * g).sum()), float((wr * g * r * r).sum()),
              float((wr * (1 - g)).sum()), float((wr * (1 - g) * r * r).sum())]
     n_adducts = len(space.adduct_names)
-    adduct = torch.as_tensor(space.adduct, device=w.device)[f.ion]
+    adduct = space.take("adduct", f.ion)
     vals += torch.zeros(n_adducts, dtype=w.dtype, device=w.device).index_add(
         0, adduct, w).tolist()
     vals.append(decoy_pairs(peaks, space, config, calibration, main))

@@ -119,6 +119,27 @@ class SearchSpace:
             columns, self.bins_ppm, **{k: getattr(self, k) for k in LIBRARY_FIELDS},
             merged_ppm=float(tol_ppm))
 
+    def take(self, column: str, rows: torch.Tensor) -> torch.Tensor:
+        """The ion column ``column`` at ``rows``, on ``rows``' device.
+
+        Gathered on the host: a CUDA partition copies the values of its candidates, not the
+        whole table (9M ions for a 100k-compound library).
+
+        Parameters
+        ----------
+        column : str
+            One of the ion arrays (``compound``, ``adduct``, ``mz``, ...).
+        rows : torch.Tensor (int64)
+            Ion rows, e.g. the candidates' ``ion``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``column[rows]``, of the column's dtype.
+        """
+        values = getattr(self, column)[rows.cpu().numpy()]
+        return torch.as_tensor(values, device=rows.device)
+
     @property
     def bins_ppm(self) -> float:
         """The widest window (ppm) the mass-bin index serves."""

@@ -221,7 +221,7 @@ def best_calls(scored: ScoredPairs, n: int, space: SearchSpace):
     pair = torch.full((n,), -1, dtype=torch.int64, device=device)
     best = torch.full((n,), -1.0, dtype=scored.prob.dtype, device=device)
     if f.peak.numel():
-        compound = torch.as_tensor(space.compound, device=device)[f.ion]
+        compound = space.take("compound", f.ion)
         # One group per peak and compound, named by its best-ranked candidate.
         key = f.peak * len(space.compounds) + compound
         groups, inverse = torch.unique(key, return_inverse=True)

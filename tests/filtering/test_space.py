@@ -86,3 +86,19 @@ def test_calibrated_ions_are_kept_for_their_space_and_calibration_only(tmp_path)
     del space, other, s
     gc.collect()
     assert space_module._CALIBRATED._entry is None and space_module._MAIN_ADDUCT._entry is None
+
+
+def test_take_gathers_an_ion_column_at_candidate_rows(tmp_path):
+    """``take`` is the column indexed at the rows, with the column's dtype, on the rows'
+    device (a CUDA partition does not copy the whole table)."""
+    import torch
+
+    path = tmp_path / "library.csv"
+    _library().to_csv(path, index=False)
+    space = prepare_library(path, AssignConfig())
+    rows = torch.as_tensor(np.random.default_rng(0).integers(0, len(space.mz), 50))
+    for column in ("compound", "adduct", "mz"):
+        got = space.take(column, rows)
+        want = torch.as_tensor(getattr(space, column))[rows]
+        assert got.dtype == want.dtype and got.device == rows.device
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
