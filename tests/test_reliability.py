@@ -33,7 +33,7 @@ def test_killed_worker_gives_identical_output(big_peaks, undisturbed, tmp_path):
         pids = client.run(os.getpid)
         thread = threading.Thread(target=job)
         thread.start()
-        deadline = time.time() + 600  # a loaded machine is slow to reach the kill point
+        deadline = time.time() + 400  # a loaded machine is slow to reach the kill point
         while time.time() < deadline and not (parts.exists() and len(list(parts.glob("*.json")))
                                               >= 3):
             time.sleep(0.01)
@@ -59,7 +59,7 @@ def test_interrupted_cli_run_resumes_to_identical_output(big_peaks, undisturbed,
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     parts = tmp_path / "out.partial" / "parts"
-    deadline = time.time() + 600  # a loaded machine is slow to reach the kill point
+    deadline = time.time() + 400  # a loaded machine is slow to reach the kill point
     while time.time() < deadline and len(list(parts.glob("*.json"))) < 10:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the client and its whole local cluster
