@@ -28,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from context_pass import make  # noqa: E402  (sibling scripts)
-from stream_peaks import run_cli  # noqa: E402
+from stream_peaks import run_cli, split_settings  # noqa: E402
 
 PPM, RTW = 10.0, 0.5
 
@@ -79,7 +79,5 @@ def main(small: int = 200_000, large: int = 2_000_000, compounds: int = 100_000,
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    settings = tuple(args[args.index("--") + 1:]) if "--" in args else ()
-    args = args[:args.index("--")] if "--" in args else args
+    args, settings = split_settings(sys.argv[1:])
     main(*(int(float(a)) for a in args), settings=settings)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from context_pass import make  # noqa: E402  (a sibling script)
-from stream_peaks import run_cli  # noqa: E402
+from stream_peaks import run_cli, split_settings  # noqa: E402
 
 SIZES = [(10_000, 10_000), (100_000, 20_000), (1_000_000, 100_000), (10_000_000, 200_000)]
 JSON = Path(__file__).with_name("scaling.json")
@@ -55,8 +55,7 @@ def print_table(rows: list):
 
 
 def main(args: list[str]):
-    settings = tuple(args[args.index("--") + 1:]) if "--" in args else ()
-    args = args[:args.index("--")] if "--" in args else args
+    args, settings = split_settings(args)
     if any("x" in a for a in args):
         sizes = [tuple(int(float(v)) for v in a.split("x")) for a in args]
         old = json.loads(JSON.read_text()) if JSON.exists() else []

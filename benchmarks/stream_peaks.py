@@ -48,6 +48,14 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
+def split_settings(args: list[str]) -> tuple[list[str], tuple]:
+    """A benchmark's own arguments, and the ``dask-assign run`` settings after ``--``."""
+    if "--" not in args:
+        return list(args), ()
+    cut = args.index("--")
+    return list(args[:cut]), tuple(args[cut + 1:])
+
+
 def run_cli(peaks: Path, library: Path, out: Path, every: float = 0.5,
             extra: tuple = ()) -> tuple[float, int]:
     """``dask-assign run`` on 2 workers (plus ``extra`` options); wall seconds and the peak
