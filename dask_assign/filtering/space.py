@@ -193,6 +193,23 @@ LIBRARY_FIELDS = ("compounds", "adduct_names", "isotope_labels", "adduct_ions", 
 RT_WINDOW_SIGMAS = 4.0
 
 
+#: Spreads of the mass error model that the fitted candidate window spans at least.
+MASS_WINDOW_SIGMAS = 4.0
+
+
+def candidate_ppm(config: AssignConfig, calibration: Calibration, space: SearchSpace,
+                  widen: float = 1.0) -> float:
+    """Mass bound (ppm, either side of the run's fitted offset) of the candidate search:
+    ``config.ppm``, or ``MASS_WINDOW_SIGMAS`` spreads of the run's fitted mass error where
+    that is wider, so that a run whose masses spread more than the tolerance allows keeps its
+    true candidates (the scorer weighs them; the window only bounds the cost); times
+    ``widen``; at most the width the space's mass bins index (``ppm * refine_widen``)."""
+    ppm = float(config.ppm)
+    if calibration.iterations > 0:
+        ppm = max(ppm, MASS_WINDOW_SIGMAS * float(calibration.mass_sigma_ppm))
+    return min(ppm * widen, space.bins_ppm)
+
+
 def candidate_rt_window(config: AssignConfig, calibration: Calibration) -> float:
     """RT bound (minutes, either side) of the candidate search: ``config.rt_window`` where
     set; else unbounded until the run's RT model is fitted, then ``RT_WINDOW_SIGMAS`` spreads

@@ -21,6 +21,7 @@ from dask_assign.filtering.join import (
 from dask_assign.filtering.space import (
     SearchSpace,
     calibrated_ions,
+    candidate_ppm,
     candidate_rt_window,
     centred_mz,
 )
@@ -111,7 +112,8 @@ def score_peaks(peaks: dict, ions: dict, space: SearchSpace, config: AssignConfi
     """
     n = peaks["mz"].shape[0]
     pi, ii = range_join(centred_mz(peaks["mz"], calibration), peaks["rt"], ions["mz"],
-                        ions["mapped_rt"], space.bins, config.ppm * widen,
+                        ions["mapped_rt"], space.bins,
+                        candidate_ppm(config, calibration, space, widen),
                         candidate_rt_window(config, calibration) * widen)
     if adduct is not None:
         mine = ions["adduct"][ii] == adduct

@@ -27,6 +27,7 @@ from dask_assign.errors import InputError
 from dask_assign.filtering.join import range_join
 from dask_assign.filtering.space import (
     calibrated_ions,
+    candidate_ppm,
     candidate_rt_window,
     centred_mz,
     prepare_library,
@@ -136,7 +137,8 @@ def label_run(peaks, library, truth, config: AssignConfig, name: str = "") -> La
     p = peak_tensors(part, "cpu")
     ions = calibrated_ions(space, calibration, "cpu")
     pi, ii = range_join(centred_mz(p["mz"], calibration), p["rt"], ions["mz"],
-                        ions["mapped_rt"], space.bins, config.ppm,
+                        ions["mapped_rt"], space.bins,
+                        candidate_ppm(config, calibration, space),
                         candidate_rt_window(config, calibration))
     feats = pair_features(pi, ii, p, ions)
 

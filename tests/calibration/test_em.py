@@ -5,13 +5,14 @@ not, and both spreads), the main adduct's share of the peaks."""
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dask_assign.calibration.em import em_statistics, fit_calibration
 from dask_assign.calibration.peaks import peak_summary, run_context
 from dask_assign.chemistry.adducts import select_adducts
 from dask_assign.chemistry.ions import build_ions
 from dask_assign.config import AssignConfig
-from dask_assign.filtering.space import SearchSpace, candidate_rt_window
+from dask_assign.filtering.space import SearchSpace, candidate_ppm, candidate_rt_window
 from tests.conftest import library_frame
 
 
@@ -76,6 +77,34 @@ def test_em_recovers_mass_and_rt_models(rng):
     # Library RTs hold: next to nothing is off, and the candidate window follows the core.
     assert cal.rt_tail_share < 0.03
     assert candidate_rt_window(config, cal) < 2.0
+
+
+def test_a_mass_spread_wider_than_the_tolerance_is_fitted_and_searched(rng):
+    """Masses spread 5 ppm around a 3 ppm offset: a 10 ppm tolerance would cut off one true
+    ion in twelve (|N(0, 5)| > 7 ppm on one side, 13 on the other). The candidate window
+    follows the fitted spread (4 of them, up to what the mass bins index, 20 ppm here), so
+    the spread is fitted from an all but uncut sample, and the search keeps the ions."""
+    peaks, space, config = simulate(rng, offset=3.0, sigma=5.0, n_lib=800, unknown=0.2)
+    start, cal = fit(peaks, space, config)
+    assert candidate_ppm(config, start, space) == config.ppm == 10.0  # nothing fitted yet
+    # Over the m/z of the main adduct's ions (the EM's matches) the curve is the offset.
+    mz = space.mz[space.adduct == 0]
+    mz = torch.as_tensor(mz[mz < np.quantile(mz, 0.95)])
+    assert np.median(np.abs(cal.mass_offset(mz).numpy() - 3.0)) < 0.6
+    # Searched at 10 ppm alone it came out 4.1-4.7 ppm over ten seeds (cut near 2 spreads).
+    assert cal.mass_sigma_ppm == pytest.approx(5.0, rel=0.1)
+    assert candidate_ppm(config, cal, space) == pytest.approx(
+        min(4 * cal.mass_sigma_ppm, space.bins_ppm))
+    assert candidate_ppm(config, cal, space) > 1.8 * config.ppm
+    assert candidate_ppm(config, cal, space, widen=2.0) == pytest.approx(space.bins_ppm)
+
+
+def test_the_mass_window_is_the_tolerance_where_the_spread_is_narrower(rng):
+    peaks, space, config = simulate(rng)  # 1.5 ppm
+    _, cal = fit(peaks, space, config)
+    assert candidate_ppm(config, cal, space) == config.ppm
+    assert candidate_ppm(config, cal.replace(mass_sigma_ppm=3.0), space) == pytest.approx(12.0)
+    assert candidate_ppm(config, cal, space, widen=1.5) == pytest.approx(15.0)
 
 
 def test_rt_mixture_recovers_how_far_library_rts_hold(rng):

@@ -42,15 +42,17 @@ def test_labels_match_the_truths_ion_masses(hilic_run):
     lib_rt = lib["rt"].reindex(t["compound_id"]).to_numpy()
     window = candidate_rt_window(BASE, run.calibration)
     rt_ok = np.abs(peaks["rt"].to_numpy() - run.calibration.rt_map(lib_rt)) <= window
-    # The windows are centred on the run's fitted mass offset.
+    # The windows are centred on the run's fitted mass offset, and span the tolerance or 4
+    # fitted spreads, whichever is wider, up to the refinement's width.
     centred = ppm - run.calibration.mass_offset(t["mz_theoretical"].to_numpy())
-    expected = in_lib & (np.abs(centred) <= BASE.ppm) & rt_ok
+    half = min(max(BASE.ppm, 4 * run.calibration.mass_sigma_ppm), BASE.ppm * BASE.refine_widen)
+    expected = in_lib & (np.abs(centred) <= half) & rt_ok
     f = run.features
     n_right = np.bincount(f.peak[run.right].numpy(), minlength=len(peaks))
     assert n_right.max() == 1
     # Away from the window's edge (merged isotopologues sit a few tenths of a ppm from the
     # pure 13C ones the generator computes), the labels are the truth's.
-    clear = np.abs(np.abs(centred) - BASE.ppm) > 1.0
+    clear = np.abs(np.abs(centred) - half) > 1.0
     assert ((n_right == 1) == expected)[clear].mean() > 0.999
     assert expected.sum() > 0.6 * len(peaks)
 
