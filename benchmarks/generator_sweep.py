@@ -43,6 +43,7 @@ SWEEP = {
     "0228_unknown0.5": ["--dataset", "0228", "--seed", "15", "--unknown-peak-frac", "0.5"],
     "0392_offset-4": ["--dataset", "0392", "--seed", "16", "--ppm-offset", "-4"],
     "0187_seed17": ["--dataset", "0187", "--seed", "17"],
+    "0392_ppm8": ["--dataset", "0392", "--seed", "21", "--ppm-sd", "8"],
 }
 
 

@@ -6,6 +6,7 @@ calibration moves them (centred windows, mapped library RTs); and the candidate 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import warnings
@@ -119,6 +120,13 @@ class SearchSpace:
             columns, self.bins_ppm, **{k: getattr(self, k) for k in LIBRARY_FIELDS},
             merged_ppm=float(tol_ppm))
 
+    def indexed(self, max_ppm: float) -> SearchSpace:
+        """The space with its mass bins indexed for windows up to ``max_ppm`` (the space
+        itself where they already serve them): the ions stay as they are."""
+        if max_ppm <= self.bins_ppm:
+            return self
+        return dataclasses.replace(self, bins=MassBinIndex.build(self.mz, max_ppm))
+
     def take(self, column: str, rows: torch.Tensor) -> torch.Tensor:
         """The ion column ``column`` at ``rows``, on ``rows``' device.
 
@@ -197,17 +205,26 @@ RT_WINDOW_SIGMAS = 4.0
 MASS_WINDOW_SIGMAS = 4.0
 
 
-def candidate_ppm(config: AssignConfig, calibration: Calibration, space: SearchSpace,
-                  widen: float = 1.0) -> float:
-    """Mass bound (ppm, either side of the run's fitted offset) of the candidate search:
-    ``config.ppm``, or ``MASS_WINDOW_SIGMAS`` spreads of the run's fitted mass error where
-    that is wider, so that a run whose masses spread more than the tolerance allows keeps its
-    true candidates (the scorer weighs them; the window only bounds the cost); times
-    ``widen``; at most the width the space's mass bins index (``ppm * refine_widen``)."""
-    ppm = float(config.ppm)
+def fitted_ppm(config: AssignConfig, calibration: Calibration, widen: float = 1.0) -> float:
+    """Mass bound (ppm, either side of the run's fitted offset) a search needs: the
+    tolerance ``config.ppm`` times ``widen`` (the refinement searches wider), or
+    ``MASS_WINDOW_SIGMAS`` spreads of the run's fitted mass error where that is wider, so that
+    a run whose masses spread more than the tolerance allows keeps its true candidates (the
+    scorer weighs them; the window only bounds the cost). Past those spreads no true match is
+    left to widen for."""
+    ppm = float(config.ppm) * widen
     if calibration.iterations > 0:
         ppm = max(ppm, MASS_WINDOW_SIGMAS * float(calibration.mass_sigma_ppm))
-    return min(ppm * widen, space.bins_ppm)
+    return ppm
+
+
+def candidate_ppm(config: AssignConfig, calibration: Calibration, space: SearchSpace,
+                  widen: float = 1.0) -> float:
+    """Mass bound (ppm) of a candidate search: :func:`fitted_ppm`, at most the width the
+    space's mass bins index. A space is indexed for the refinement's tolerance
+    (``ppm * refine_widen``) and re-indexed once the run is calibrated
+    (:meth:`SearchSpace.indexed`), so the bound binds only inside the calibration."""
+    return min(fitted_ppm(config, calibration, widen), space.bins_ppm)
 
 
 def candidate_rt_window(config: AssignConfig, calibration: Calibration) -> float:

@@ -35,7 +35,7 @@ from dask_assign.calibration.peaks import SUMMARY_COLUMNS, run_context
 from dask_assign.config import AssignConfig, Calibration
 from dask_assign.context.model import ContextModel, fit_context, scoring_calibration
 from dask_assign.context.stats import context_stats
-from dask_assign.filtering.space import SearchSpace
+from dask_assign.filtering.space import SearchSpace, fitted_ppm
 from dask_assign.graph.tasks import (
     add_context,
     drift_search,
@@ -324,8 +324,10 @@ def plan_run(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
     if calibration is None:
         space_key = on_workers(space)
         calibration = calibrate(ddf, space, config, space_key, sample)
-    # Isotopologues closer than the run's mass spread are one peak to this instrument.
-    resolved = space.resolved(max(config.isotope_merge_ppm, calibration.mass_sigma_ppm))
+    # Isotopologues closer than the run's mass spread are one peak to this instrument; the
+    # mass bins serve the windows the fitted spread sets (the refinement's included).
+    resolved = space.resolved(max(config.isotope_merge_ppm, calibration.mass_sigma_ppm)) \
+        .indexed(fitted_ppm(config, calibration, config.refine_widen))
     if resolved is not space or space_key is None:  # the cluster holds the space once
         space_key = on_workers(resolved)
     # The evidence is a sum over blocks, the same for any blocks (below 2 x CONTEXT_SAMPLE):

@@ -105,6 +105,9 @@ def test_the_mass_window_is_the_tolerance_where_the_spread_is_narrower(rng):
     assert candidate_ppm(config, cal, space) == config.ppm
     assert candidate_ppm(config, cal.replace(mass_sigma_ppm=3.0), space) == pytest.approx(12.0)
     assert candidate_ppm(config, cal, space, widen=1.5) == pytest.approx(15.0)
+    # The refinement widens the tolerance, not the fitted spreads (none are left past 4).
+    assert candidate_ppm(config, cal.replace(mass_sigma_ppm=4.0), space,
+                         widen=1.5) == pytest.approx(16.0)
 
 
 def test_rt_mixture_recovers_how_far_library_rts_hold(rng):

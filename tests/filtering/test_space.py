@@ -3,9 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dask_assign.chemistry.ions import ion_order
 from dask_assign.config import AssignConfig
+from dask_assign.filtering.join import range_join
 from dask_assign.filtering.space import prepare_library, rows_by_group
 
 
@@ -102,3 +104,21 @@ def test_take_gathers_an_ion_column_at_candidate_rows(tmp_path):
         want = torch.as_tensor(getattr(space, column))[rows]
         assert got.dtype == want.dtype and got.device == rows.device
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_reindexed_space_serves_wider_windows_with_the_same_ions(tmp_path, rng):
+    """Built for 20 ppm (10 ppm x refine_widen 2), re-indexed for 35: the same ion arrays,
+    and a 35 ppm join over the new bins finds every ion a brute-force scan finds."""
+    path = tmp_path / "library.csv"
+    _library().to_csv(path, index=False)
+    space = prepare_library(path, AssignConfig())
+    assert space.bins_ppm == pytest.approx(20.0) and space.indexed(15.0) is space
+    wide = space.indexed(35.0)
+    assert wide.bins_ppm >= 35.0 and wide.mz is space.mz and wide.compound is space.compound
+    peak_mz = space.mz[rng.integers(0, len(space.mz), 200)] * (1 + rng.uniform(-4e-5, 4e-5, 200))
+    t = torch.from_numpy
+    pi, ii = range_join(t(peak_mz), t(np.zeros(200)), t(space.mz.copy()),
+                        t(np.full(len(space.mz), np.nan)), wide.bins, 35.0, float("inf"))
+    got = set(zip(pi.tolist(), ii.tolist(), strict=True))
+    close = np.abs(peak_mz[:, None] - space.mz[None, :]) <= 35e-6 * space.mz[None, :]
+    assert got == set(zip(*np.nonzero(close), strict=True))

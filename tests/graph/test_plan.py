@@ -69,3 +69,26 @@ def test_a_large_run_fits_its_context_model_on_evenly_spaced_rt_blocks(run, monk
             np.testing.assert_array_equal(np.asarray(getattr(got, field.name)),
                                           np.asarray(getattr(want, field.name)), field.name)
     assert 0 < sampled.main_calls < every.main_calls
+
+
+def test_the_plans_space_serves_the_window_the_fitted_mass_spread_sets():
+    """Masses spread 8 ppm: the first pass and the refinement need 4 spreads (about 32 ppm),
+    beyond the 20 ppm the space was indexed for; the plan re-indexes it, and the windows are
+    no longer cut to the index."""
+    from dask_assign.filtering.space import candidate_ppm, fitted_ppm
+    from dask_assign.graph.plan import plan_run
+
+    peaks, space, config = simulate(np.random.default_rng(5), sigma=8.0, n_lib=600,
+                                    unknown=0.2)
+    config = config.replace(context=False)
+    ddf = dd.from_pandas(peaks, npartitions=2)
+    with dask.config.set(scheduler="synchronous"):
+        plan = plan_run(ddf, space, config)
+    assert space.bins_ppm == pytest.approx(20.0)
+    assert plan.fitted.mass_sigma_ppm > 6.0
+    need = fitted_ppm(config, plan.fitted)
+    assert need > 25.0 and need > config.ppm * config.refine_widen
+    assert fitted_ppm(config, plan.fitted, config.refine_widen) == need
+    assert plan.space.bins_ppm >= need
+    assert candidate_ppm(config, plan.fitted, plan.space) == need
+    assert candidate_ppm(config, plan.fitted, plan.space, config.refine_widen) == need

@@ -43,9 +43,9 @@ def test_labels_match_the_truths_ion_masses(hilic_run):
     window = candidate_rt_window(BASE, run.calibration)
     rt_ok = np.abs(peaks["rt"].to_numpy() - run.calibration.rt_map(lib_rt)) <= window
     # The windows are centred on the run's fitted mass offset, and span the tolerance or 4
-    # fitted spreads, whichever is wider, up to the refinement's width.
+    # fitted spreads, whichever is wider.
     centred = ppm - run.calibration.mass_offset(t["mz_theoretical"].to_numpy())
-    half = min(max(BASE.ppm, 4 * run.calibration.mass_sigma_ppm), BASE.ppm * BASE.refine_widen)
+    half = max(BASE.ppm, 4 * run.calibration.mass_sigma_ppm)
     expected = in_lib & (np.abs(centred) <= half) & rt_ok
     f = run.features
     n_right = np.bincount(f.peak[run.right].numpy(), minlength=len(peaks))
