@@ -107,8 +107,8 @@ class AssignConfig:
     ppm : float
         Mass tolerance of the candidate search (ppm, either side of the run's fitted mass
         offset), widened where the run's fitted mass spread needs more. The window grows to
-        4 spreads where that is wider (:func:`~dask_assign.filtering.space.candidate_ppm`, at
-        most ``ppm * refine_widen``); the scorer weighs the mass error.
+        4 spreads where that is wider (:func:`~dask_assign.filtering.space.fitted_ppm`); the
+        scorer weighs the mass error.
     rt_window : float, optional
         Retention-time bound of the candidate search (minutes, either side) around the
         library RT mapped to this run, where the library has a retention time (compounds
