@@ -80,8 +80,8 @@ def test_em_recovers_mass_and_rt_models(rng):
 
 
 def test_a_mass_spread_wider_than_the_tolerance_is_fitted_and_searched(rng):
-    """Masses spread 5 ppm around a 3 ppm offset: a 10 ppm tolerance would cut off one true
-    ion in twelve (|N(0, 5)| > 7 ppm on one side, 13 on the other). The candidate window
+    """Masses spread 5 ppm around a 3 ppm offset: a 10 ppm window around the offset would cut
+    off one true ion in twenty-two (|N(0, 5)| > 10 ppm). The candidate window
     follows the fitted spread (4 of them, up to what the mass bins index, 20 ppm here), so
     the spread is fitted from an all but uncut sample, and the search keeps the ions."""
     peaks, space, config = simulate(rng, offset=3.0, sigma=5.0, n_lib=800, unknown=0.2)
