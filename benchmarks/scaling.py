@@ -41,6 +41,7 @@ def run_one(n_peaks: int, n_compounds: int, settings: tuple = ()) -> dict:
     return {"peaks": n, "compounds": n_compounds, "settings": " ".join(settings),
             "wall_s": round(wall, 1), "pipeline_s": round(summary["seconds"]["total"], 1),
             "calibrate_s": round(summary["seconds"]["calibrate"], 1),
+            "combine_s": round(summary["seconds"].get("combine", float("nan")), 1),
             "us_per_peak": round(wall / n * 1e6, 1), "peak_rss_gib": round(peak / 2**30, 2),
             "assigned": summary["assigned"], "overflow": summary["overflow"],
             "context_changed": summary["context_changed"]}

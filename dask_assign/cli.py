@@ -57,7 +57,8 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--columns", type=_columns, help="peak columns, e.g. mz=MZ,rt=RT,peak_id=ID")
     p.add_argument("--format", choices=FORMATS, default="parquet",
                    help="tables as Parquet or CSV; mztab: an mzTab-M 2.0 file beside the "
-                        "Parquet tables")
+                        "Parquet tables; parquet-dataset: each table a folder of the "
+                        "workers' part files (no combine on the client: large runs)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: "
                    "$DASK_SCHEDULER_ADDRESS, else a new local cluster)")
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: "

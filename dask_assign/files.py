@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -27,8 +28,9 @@ from pathlib import Path
 
 from dask_assign.errors import InputError
 
-#: Output formats of a result folder.
-FORMATS = ("parquet", "csv", "mztab")
+#: Output formats of a result folder (:data:`dask_assign.output.tables.TABLE_FORMAT` says how
+#: each stores its tables).
+FORMATS = ("parquet", "csv", "mztab", "parquet-dataset")
 
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,9 @@ DERIVED_FILES = ("report.html", "reliability.png")
 #: Every name a result may hold (a file of the user's under one of these names stops
 #: ``--overwrite``: the new result could not keep it).
 RESULT_NAMES = frozenset({f"{t}.{ext}" for t in ("assignments", "candidates")
-                          for ext in FORMATS} | {"calibration.json", "context.json", MANIFEST,
-                                                 SUCCESS, *DERIVED_FILES})
+                          for ext in ("parquet", "csv")}
+                         | {"calibration.json", "context.json", MANIFEST, SUCCESS,
+                            *DERIVED_FILES})
 
 
 @dataclass(frozen=True)
@@ -483,8 +486,9 @@ def _carry(src: Path, dst: Path, out: Path):
 
 def discard(old, out, kind: Kind = RESULT):
     """Remove a folder of ``kind`` that a commit moved aside from ``out``: the files the
-    package wrote in it, and entries of the user's that ``out`` holds too (the same files:
-    hard links). Anything else is kept, with the folder and its key file, and logged."""
+    package wrote in it (of a table folder, its part files), and entries of the user's that
+    ``out`` holds too (the same files: hard links). Anything else is kept, with the folder
+    and its key file, and logged."""
     old, out = Path(old), Path(out)
     ours = kind.owned(old) or set()
     kept = []
@@ -494,6 +498,8 @@ def discard(old, out, kind: Kind = RESULT):
             continue  # last: it is what makes the folder recognisable as ours
         if name in ours and path.is_file() and not path.is_symlink():
             os.unlink(path)
+        elif name in ours and _remove_parts(path):
+            pass
         elif _same(path, out / name):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else os.unlink(path)
         else:
@@ -503,6 +509,24 @@ def discard(old, out, kind: Kind = RESULT):
         return
     (old / kind.key).unlink(missing_ok=True)
     os.rmdir(old)
+
+
+#: The part files of a table written as a folder (``--format parquet-dataset``).
+PART_FILE = re.compile(r"part\.\d+\.(parquet|csv)(\.tmp)?")
+
+
+def _remove_parts(folder: Path) -> bool:
+    """Remove a table folder of the package's: its part files, then the folder if that
+    emptied it. Whether it is gone (a file of the user's in it keeps it)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    for entry in os.scandir(folder):
+        if PART_FILE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+    if os.listdir(folder):
+        return False
+    os.rmdir(folder)
+    return True
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -128,13 +128,15 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
     out : str or Path
         Output folder: ``assignments.<fmt>``, ``candidates.<fmt>``, ``calibration.json``,
         ``manifest.json`` (it lists these files) and ``_SUCCESS`` (``fmt="mztab"``: the
-        Parquet tables and ``results.mzTab``). Nothing is written there unless the run
+        Parquet tables and ``results.mzTab``; ``fmt="parquet-dataset"``: each table a folder
+        of the workers' part files, ``assignments.parquet/part.00000.parquet``, ...).
+        Nothing is written there unless the run
         succeeds. It must be absent, empty, or (with ``overwrite``) an earlier result;
         anything else is refused before any work (:func:`dask_assign.files.claim`).
     config : AssignConfig, optional
     client : distributed.Client, optional
         The cluster to run on; the current client (or scheduler) when omitted.
-    fmt : {"parquet", "csv", "mztab"}
+    fmt : {"parquet", "csv", "mztab", "parquet-dataset"}
     columns : dict, optional
         Explicit peak-table column mapping.
     sources : dict, optional
@@ -263,7 +265,9 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
             written = pd.concat(dask.compute(*summaries), ignore_index=True)
         # The mzTab reports each peak's intensity as read.
         intensity = _collect(ddf[["peak_id", "intensity"]]) if fmt == "mztab" else None
-    combine_parts(staging, tables)
+    t_written = time.perf_counter()
+    combine_parts(staging, fmt)
+    t_combined = time.perf_counter()
     if fmt == "mztab":
         from dask_assign.output.mztab import write_mztab
 
@@ -282,7 +286,7 @@ def _annotate_to_folder(ddf, space, out, config, client, fmt, sources, resume, t
         "partitions": int(len(written)), "resumed_partitions": already,
         "ions": int(len(plan.space.mz)),
         "seconds": {"calibrate": t_cal - t0, "score_and_write": t_end - t_cal,
-                    "total": t_end - t0},
+                    "combine": t_combined - t_written, "total": t_end - t0},
     }
     manifest = {
         "dask_assign_version": __version__, "versions": package_versions(), "inputs": inputs,

@@ -1,5 +1,5 @@
-"""The result tables: written by the workers as part files (Parquet or CSV), combined, and
-committed with a manifest."""
+"""The result tables: written by the workers as part files (Parquet or CSV), combined (or
+kept as a dataset folder), and committed with a manifest."""
 
 from __future__ import annotations
 
@@ -30,7 +30,14 @@ from dask_assign.scoring.tables import ASSIGNMENT_DTYPES, CANDIDATE_DTYPES, to_t
 
 #: The format of the tables for each output format: ``mztab`` is an export written beside the
 #: Parquet tables, which stay the lossless record (:mod:`dask_assign.output.mztab`).
-TABLE_FORMAT = {"parquet": "parquet", "csv": "csv", "mztab": "parquet"}
+TABLE_FORMAT = {"parquet": "parquet", "csv": "csv", "mztab": "parquet",
+                "parquet-dataset": "parquet"}
+
+#: Output formats whose tables stay as the workers wrote them: a folder per table
+#: (``assignments.parquet/part.00000.parquet``, ...; what ``dask.dataframe.to_parquet`` and
+#: Spark write, and what ``pandas.read_parquet`` and ``dask.dataframe.read_parquet`` read
+#: whole), so the client never reads and rewrites the rows.
+FOLDER_FORMATS = frozenset({"parquet-dataset"})
 
 
 def arrow_schema(dtypes: dict) -> pa.Schema:
@@ -48,8 +55,11 @@ DICTIONARY_COLUMNS = ["compound_id", "name", "formula", "adduct", "isotope"]
 
 def _write(frame: pd.DataFrame, path: Path, fmt: str, dtypes: dict):
     if fmt == "parquet":
+        # Without pandas' metadata: a table folder reads back with the dtypes of the
+        # combined file (written from the bare Arrow schema).
         table = pa.Table.from_pandas(frame, schema=arrow_schema(dtypes), preserve_index=False)
-        pq.write_table(table, path, use_dictionary=_dictionary(dtypes))
+        pq.write_table(table.replace_schema_metadata(), path,
+                       use_dictionary=_dictionary(dtypes))
     else:
         frame.to_csv(path, index=False)
 
@@ -147,11 +157,30 @@ def open_staging(out, fingerprint: dict, resume: bool = False) -> tuple[Path, bo
 
 
 def combine_parts(staging: Path, fmt: str):
-    """Join the partition files of each table into one file, in partition order."""
+    """Join the partition files of each table into one file, in partition order, or (a
+    format of :data:`FOLDER_FORMATS`) rename each table's folder of part files into place.
+
+    Parameters
+    ----------
+    staging : Path
+        The run's staging folder, every partition written.
+    fmt : str
+        The output format (a key of :data:`TABLE_FORMAT`).
+    """
+    ext = TABLE_FORMAT[fmt]
+    folders = fmt in FOLDER_FORMATS
     for name, dtypes in (("assignments", ASSIGNMENT_DTYPES), ("candidates", CANDIDATE_DTYPES)):
-        parts = sorted(p for p in (staging / name).iterdir() if not p.name.endswith(".tmp"))
-        target = staging / f"{name}.{fmt}"
-        if fmt == "parquet":
+        source, target = staging / name, staging / f"{name}.{ext}"
+        if folders:
+            if not source.exists() and target.is_dir():
+                continue  # renamed by a run killed before its commit (resumed now)
+            for p in source.iterdir():
+                if p.name.endswith(".tmp"):  # what a killed task left
+                    p.unlink()
+            os.rename(source, target)
+            continue
+        parts = sorted(p for p in source.iterdir() if not p.name.endswith(".tmp"))
+        if ext == "parquet":
             schema = arrow_schema(dtypes)
 
             def write(path, parts=parts, schema=schema):
@@ -172,7 +201,7 @@ def combine_parts(staging: Path, fmt: str):
         _atomic(write, target)
     # Partition files go only once both tables are whole: a run killed before this point
     # still resumes from them.
-    for name in ("assignments", "candidates", "parts"):
+    for name in ("parts",) if folders else ("assignments", "candidates", "parts"):
         shutil.rmtree(staging / name)
     (staging / "fingerprint.json").unlink()
     (staging / "blocks.json").unlink(missing_ok=True)  # the manifest has the block count

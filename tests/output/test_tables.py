@@ -52,6 +52,15 @@ def results(local_client, tmp_path_factory):
     return base / "old", base / "new"
 
 
+@pytest.fixture(scope="module")
+def dataset(local_client, tmp_path_factory):
+    """A real result of the demo set as table folders, in 3 partitions."""
+    out = tmp_path_factory.mktemp("dataset") / "out"
+    run(DEMO / "peaks.csv", DEMO / "library.csv", out, AssignConfig(partition_size=400),
+        client=local_client, fmt="parquet-dataset")
+    return out
+
+
 def add_user_files(folder: Path):
     for name, data in USER.items():
         (folder / name).parent.mkdir(exist_ok=True)
@@ -124,7 +133,9 @@ def kill_driver(cases: str, old: str, new: str, exchange: str):
         shutil.copytree(old, out, symlinks=True)
         staging = fresh_own_folder(staging_path(out))
         for f in os.listdir(new):
-            if f not in ("manifest.json", "_SUCCESS"):
+            if (new / f).is_dir():
+                shutil.copytree(new / f, staging / f)
+            elif f not in ("manifest.json", "_SUCCESS"):
                 shutil.copy2(new / f, staging / f)
         (case / "inode").write_text(str(os.stat(out / "notes.txt").st_ino))
         pid = os.fork()
@@ -154,10 +165,18 @@ def kill_driver(cases: str, old: str, new: str, exchange: str):
         assert code == KILLED, code
 
 
-@pytest.mark.parametrize("exchange", ["yes", "no"])
-def test_a_kill_at_any_step_of_the_commit_leaves_the_old_or_the_new_result(results, tmp_path,
+@pytest.mark.parametrize("kinds,exchange", [(("parquet", "csv"), "yes"),
+                                            (("parquet", "csv"), "no"),
+                                            (("dataset", "csv"), "yes"),
+                                            (("parquet", "dataset"), "no")],
+                         ids=["file-to-csv", "file-to-csv-no-exchange", "folder-to-csv",
+                              "file-to-folder-no-exchange"])
+def test_a_kill_at_any_step_of_the_commit_leaves_the_old_or_the_new_result(results, dataset,
+                                                                            tmp_path, kinds,
                                                                             exchange):
-    old, new = results
+    # Table folders (``parquet-dataset``) replaced by files and files by table folders.
+    made = {"parquet": results[0], "csv": results[1], "dataset": dataset}
+    old, new = (made[k] for k in kinds)
     template = tmp_path / "template"
     shutil.copytree(old, template)
     add_user_files(template)
@@ -294,6 +313,57 @@ def test_the_manifest_lists_the_files_and_older_results_are_recognised(results, 
     (legacy / "manifest.json").write_text(json.dumps(manifest))
     assert result_files(legacy) == {"assignments.parquet", "manifest.json", "_SUCCESS"}
     assert result_files(tmp_path) is None
+
+
+# Table folders (``--format parquet-dataset``) --------------------------------------------
+
+def test_table_folders_hold_the_rows_of_the_combined_files(results, dataset):
+    import dask.dataframe as dd
+    import pandas as pd
+
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    n = manifest["summary"]["partitions"]
+    assert n == 3 and manifest["files"] == sorted(os.listdir(dataset))
+    assert result_files(dataset) == set(os.listdir(dataset))
+    for name in ("assignments", "candidates"):
+        folder = dataset / f"{name}.parquet"
+        assert sorted(os.listdir(folder)) == [f"part.{i:05d}.parquet" for i in range(n)]
+        # The same rows, order and dtypes as the one file of a run in other partitions.
+        combined = pd.read_parquet(results[0] / f"{name}.parquet")
+        pd.testing.assert_frame_equal(pd.read_parquet(folder), combined)
+        lazy = dd.read_parquet(folder)
+        assert lazy.npartitions == n
+        pd.testing.assert_frame_equal(lazy.compute().reset_index(drop=True), combined,
+                                      check_dtype=False)
+
+
+def test_a_file_of_the_users_in_a_table_folder_is_kept(dataset, local_client, tmp_path, caplog):
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    (out / "assignments.parquet" / "mine.txt").write_text("mine")
+    run(DEMO / "peaks.csv", DEMO / "library.csv", out, client=local_client, overwrite=True)
+    assert (out / "assignments.parquet").is_file() and (out / "candidates.parquet").is_file()
+    # The old result keeps the folder with the user's file (its part files gone), and says so.
+    kept = staging_path(out)
+    assert sorted(os.listdir(kept)) == ["assignments.parquet", "manifest.json"]
+    assert os.listdir(kept / "assignments.parquet") == ["mine.txt"]
+    assert (kept / "assignments.parquet" / "mine.txt").read_text() == "mine"
+    assert f"{kept}: kept, it holds ['assignments.parquet']" in caplog.text
+
+
+def test_a_table_folder_renamed_before_a_kill_is_not_renamed_again(dataset, tmp_path):
+    from dask_assign.output.tables import combine_parts
+
+    staging = tmp_path / "staging"  # all partitions written; killed after the first rename
+    (staging / "parts").mkdir(parents=True)
+    (staging / "fingerprint.json").write_text("{}")
+    shutil.copytree(dataset / "assignments.parquet", staging / "assignments.parquet")
+    shutil.copytree(dataset / "candidates.parquet", staging / "candidates")
+    (staging / "candidates" / "part.00001.parquet.tmp").write_bytes(b"half a file")
+    combine_parts(staging, "parquet-dataset")
+    assert sorted(os.listdir(staging)) == ["assignments.parquet", "candidates.parquet"]
+    for name in ("assignments.parquet", "candidates.parquet"):
+        assert state(staging / name) == state(dataset / name)
 
 
 # The lock -------------------------------------------------------------------------------
