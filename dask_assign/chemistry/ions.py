@@ -19,6 +19,7 @@ import pandas as pd
 from dask_assign.chemistry.adducts import Adduct
 from dask_assign.chemistry.formulas import ELECTRON_MASS
 from dask_assign.chemistry.isotopes import isotopologues, merge_unresolved
+from dask_assign.config import AssignConfig
 
 #: Columns of the ion table, in order.
 ION_COLUMNS = ("mz", "compound", "adduct", "isotope", "rt", "log_adduct_prior",
@@ -100,7 +101,8 @@ def _feasible(counts: dict, has_formula: np.ndarray, adduct: Adduct) -> np.ndarr
 
 
 def build_ions(library: pd.DataFrame, adducts, max_isotope: int = 3,
-               min_abundance: float = 1e-3, merge_ppm: float = 0.0) -> IonTable:
+               min_abundance: float = AssignConfig.isotope_min_abundance,
+               merge_ppm: float = 0.0) -> IonTable:
     """Expand a library into its ions.
 
     Parameters

@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 from molmass import ELEMENTS
 
+from dask_assign.config import AssignConfig
+
 
 @dataclass(frozen=True)
 class ElementIsotopes:
@@ -191,7 +193,8 @@ class Isotopologues:
 PASS_ROWS = 5000
 
 
-def isotopologues(counts: dict, min_abundance: float = 1e-3, max_shift: int = 3) -> Isotopologues:
+def isotopologues(counts: dict, min_abundance: float = AssignConfig.isotope_min_abundance,
+                  max_shift: int = 3) -> Isotopologues:
     """Every isotopologue of each ion above ``min_abundance`` of its monoisotopic one.
 
     Parameters

@@ -7,7 +7,8 @@ import pytest
 
 from dask_assign.chemistry.adducts import read_adducts, select_adducts
 from dask_assign.chemistry.ions import build_ions
-from dask_assign.filtering.space import SearchSpace
+from dask_assign.config import AssignConfig
+from dask_assign.filtering.space import SearchSpace, prepare_library
 from tests.conftest import library_frame
 
 H, CL35, CL37, E = 1.00782503207, 34.968852682, 36.965902602, 0.00054857990946
@@ -83,3 +84,19 @@ def test_space_lookups_and_resolution():
         total = pd.Series(np.exp(sp.log_abundance)).groupby(sp.group).sum()
         np.testing.assert_allclose(total.sort_index(), pd.Series(np.exp(
             space.log_abundance)).groupby(space.group).sum().sort_index(), rtol=1e-12)
+
+
+def test_an_intense_small_acids_13c2_ion_is_searched_by_default():
+    """Fumaric acid's [M+H]+ 13C2 ion is 7.0e-4 of its M+0 (binomial over 4 carbons, by
+    hand): below the old 1e-3 threshold, yet a peak of 10M counts shows it at 7,000. The
+    default table has it, 2 x (13C - 12C) above M+0, and its 18O1 ion 20 ppm below it."""
+    lib = library_frame([("fum", "C4H4O4", np.nan)])
+    space = prepare_library(lib, AssignConfig(adducts=("[M+H]+",)))
+    got = {space.isotope_labels[i]: (mz, np.exp(la)) for i, mz, la in
+           zip(space.isotope, space.mz, space.log_abundance, strict=True)}
+    r = 0.0107 / 0.9893
+    assert got["13C2"][1] == pytest.approx(6 * r * r, rel=0.03)
+    mono = 4 * 12 + 5 * H + 4 * 15.99491461957 - E
+    assert space.mz[space.isotope == 0][0] == pytest.approx(mono, abs=1e-6)
+    assert got["13C2"][0] == pytest.approx(mono + 2 * 1.0033548378, abs=1e-6)
+    assert (got["13C2"][0] - got["18O1"][0]) / got["13C2"][0] * 1e6 == pytest.approx(20.7, abs=0.2)
