@@ -131,7 +131,7 @@ class SearchSpace:
         """The ion column ``column`` at ``rows``, on ``rows``' device.
 
         Gathered on the host: a CUDA partition copies the values of its candidates, not the
-        whole table (9M ions for a 100k-compound library).
+        whole table (12M ions for a 100k-compound library).
 
         Parameters
         ----------
