@@ -98,8 +98,10 @@ def block_edges(ddf: dd.DataFrame, n_blocks: int) -> np.ndarray:
     return edges[edges > sketch["rt"].iloc[0]]
 
 
-#: Peaks the block planner scores, at most (a sample by peak id, like the calibration's).
-PLAN_SAMPLE = 50_000
+#: Peaks the block planner scores, at most (a sample by peak id, like the calibration's). It
+#: estimates a mean (kept pairs a peak) that only sizes the blocks: a few thousand peaks pin it
+#: to a few percent (benchmarks/NOTES.md), and each sampled peak costs a first pass.
+PLAN_SAMPLE = 5_000
 
 
 def plan_blocks(ddf: dd.DataFrame, space_key, config: AssignConfig,
