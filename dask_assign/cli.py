@@ -64,6 +64,11 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: "
                    "one per core, at most 4; small runs: one in-process worker)")
     _add_dashboard_option(p)
+    p.add_argument("--ion-cache", metavar="DIR",
+                   help="folder where a library's ion table is kept once built, for the next "
+                        "run with the same library file and table settings (default: "
+                        "$DASK_ASSIGN_CACHE_DIR, else $XDG_CACHE_HOME/dask-assign or "
+                        "~/.cache/dask-assign; 'off': build it every run)")
     p.add_argument("--gpu", action="store_true",
                    help="run on the GPUs: a dask-cuda LocalCUDACluster (one worker per GPU), "
                         "CUDA kernels (--device cuda), cudf partitions where RAPIDS is "
@@ -150,13 +155,14 @@ def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, wor
 
     with frozen_imports():
         from dask_assign.files import input_path, remove_own_folder
+        from dask_assign.filtering.ion_cache import cache_dir
         from dask_assign.filtering.space import prepare_library
         from dask_assign.graph.cluster import connect, serves_dashboard
         from dask_assign.graph.run import run
         from dask_assign.io.peaks import read_peaks
 
     columns = columns if columns is not None else args.columns
-    space = prepare_library(library, config)
+    space = prepare_library(library, config, cache=cache_dir(getattr(args, "ion_cache", None)))
     gpu = config.device.startswith("cuda")
     if gpu:
         from dask_assign.graph.cluster import require_cuda

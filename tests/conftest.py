@@ -7,6 +7,23 @@ import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
+
+def pytest_configure(config):
+    """The commands the tests start keep their ion cache in a folder of this session, never
+    in the user's own cache; removed when the session ends."""
+    import tempfile
+
+    from dask_assign.filtering.ion_cache import CACHE_ENV
+
+    config._ion_cache = tempfile.TemporaryDirectory(prefix="dask-assign-test-cache-")
+    os.environ[CACHE_ENV] = config._ion_cache.name
+
+
+def pytest_unconfigure(config):
+    held = getattr(config, "_ion_cache", None)
+    if held is not None:
+        held.cleanup()
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEMO = Path(__file__).resolve().parents[1] / "dask_assign" / "data" / "demo"
 SETS = ["repoRT_0392_rp_pos", "repoRT_0228_hilic_pos"]

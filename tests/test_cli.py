@@ -254,3 +254,27 @@ def test_an_option_out_of_range_is_named_by_its_flag(tmp_path, cli_main, extra, 
     code, err = cli_main(["run", P, L, "--out", tmp_path / "out", *extra])
     assert code == 2 and err == f"dask-assign: error: {message}\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_a_second_run_reads_the_ion_table_from_the_cache(tmp_path, cli_main, monkeypatch):
+    """``--ion-cache DIR`` keeps the library's ion table; the next run reads it back and
+    writes the same result; ``off`` keeps none; without the option, the environment's
+    folder."""
+    from dask_assign.filtering import ion_cache
+
+    args = ["run", DEMO / "peaks.csv", DEMO / "library.csv", "--k-max", "30"]
+    cache = tmp_path / "cache"
+    for out in ("a", "b"):
+        code, err = cli_main([*args, "--out", tmp_path / out, "--ion-cache", cache])
+        assert code == 0, err
+    assert len(ion_cache.entries(cache)) == 1
+    for name in ("assignments", "candidates"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / f"{name}.parquet"),
+                                      pd.read_parquet(tmp_path / "b" / f"{name}.parquet"))
+    monkeypatch.setenv(ion_cache.CACHE_ENV, str(tmp_path / "from-env"))
+    code, err = cli_main([*args, "--out", tmp_path / "c", "--ion-cache", "off"])
+    assert code == 0, err
+    assert not (tmp_path / "from-env").exists()
+    code, err = cli_main([*args, "--out", tmp_path / "d"])
+    assert code == 0, err
+    assert len(ion_cache.entries(tmp_path / "from-env")) == 1

@@ -12,6 +12,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -22,9 +23,9 @@ from dask_assign.chemistry.adducts import select_adducts
 from dask_assign.chemistry.ions import IonTable, build_ions, ion_order
 from dask_assign.chemistry.isotopes import merge_unresolved
 from dask_assign.config import AssignConfig, Calibration
-from dask_assign.filtering.join import (
-    MassBinIndex,
-)
+from dask_assign.errors import reading
+from dask_assign.filtering import ion_cache
+from dask_assign.filtering.join import MassBinIndex
 from dask_assign.io.library import read_library
 
 log = logging.getLogger(__name__)
@@ -317,8 +318,54 @@ def centred_mz(mz: torch.Tensor, calibration: Calibration) -> torch.Tensor:
     return mz / (1 + calibration.mass_offset(mz) * 1e-6)
 
 
-def prepare_library(library, config: AssignConfig) -> SearchSpace:
-    """Library (path or frame from :func:`~dask_assign.io.library.read_library`) -> search space."""
+#: The settings an ion table depends on, and so the ion cache's key: the table is built
+#: from a view of the config that holds these alone (:func:`prepare_library`).
+TABLE_SETTINGS = ("library_rt_unit", "mode", "adducts", "adduct_table", "max_isotope",
+                  "isotope_min_abundance", "isotope_merge_ppm", "ppm", "refine_widen")
+
+
+def prepare_library(library, config: AssignConfig, cache=None) -> SearchSpace:
+    """Library -> search space: read, its ions and isotopologues built, sorted and indexed.
+
+    Parameters
+    ----------
+    library : str, Path or pandas.DataFrame
+        Library file (read with :func:`~dask_assign.io.library.read_library`), or a frame
+        it returned.
+    config : AssignConfig
+        Of its fields, only ``TABLE_SETTINGS`` shape the table.
+    cache : str or Path, optional
+        Ion cache folder (:mod:`~dask_assign.filtering.ion_cache`): the space is read from
+        it where the same library file, adduct table, settings and code built it before, and
+        written to it where not. ``None`` (the default of the Python API; the command line
+        uses :func:`~dask_assign.filtering.ion_cache.default_dir`) builds it every time.
+        Frames are never cached.
+
+    Returns
+    -------
+    SearchSpace
+    """
+    table_config = SimpleNamespace(**{name: getattr(config, name) for name in TABLE_SETTINGS})
+    if cache is None or isinstance(library, pd.DataFrame):
+        return _build_space(library, table_config)
+    parts = {"settings": vars(table_config)}
+    with reading(library):
+        parts["library_sha256"] = ion_cache.content_digest(library)
+    if config.adduct_table is not None:
+        with reading(config.adduct_table):
+            parts["adduct_table_sha256"] = ion_cache.content_digest(config.adduct_table)
+    key = ion_cache.entry_key(parts)
+    space = ion_cache.load(cache, key)
+    if space is not None:
+        log.info("library: %d compounds, %d ions, from the ion cache (%s)",
+                 len(space.compounds), space.mz.size, cache)
+        return space
+    space = _build_space(library, table_config)
+    ion_cache.store(cache, key, space)
+    return space
+
+
+def _build_space(library, config) -> SearchSpace:
     if not isinstance(library, pd.DataFrame):
         library = read_library(library, rt_unit=config.library_rt_unit)
     adducts = select_adducts(config.mode, config.adducts, config.adduct_table)

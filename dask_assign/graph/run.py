@@ -67,8 +67,10 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     peaks : str, Path, pandas.DataFrame or dask.dataframe.DataFrame
         A peak table (file, or frame with ``peak_id``, ``mz``, ``rt`` in minutes,
         ``intensity``).
-    library : str, Path or pandas.DataFrame
-        A compound library (file, or frame from :func:`~dask_assign.io.library.read_library`).
+    library : str, Path, pandas.DataFrame or SearchSpace
+        A compound library (file, or frame from :func:`~dask_assign.io.library.read_library`),
+        or its search space from :func:`prepare_library` (built once for many calls; with
+        ``cache=`` it is kept on disk for the next session too).
     config : AssignConfig, optional
     client : distributed.Client, optional
         Where the calibration runs; the current client (or scheduler) when omitted.
@@ -89,7 +91,7 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     """
     config = config or AssignConfig()
     ddf = as_dask_frame(peaks, config)
-    space = prepare_library(library, config)
+    space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
         plan = plan_run(ddf, space, config, calibration)
     return _table(annotated_blocks(plan, config), plan.space_key, 0, ASSIGNMENT_DTYPES, ddf)
@@ -100,7 +102,7 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration,
     """The long candidates table (lazy), for the same settings and calibration as
     :func:`assign`."""
     ddf = as_dask_frame(peaks, config)
-    space = prepare_library(library, config)
+    space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
         plan = plan_run(ddf, space, config, calibration)
     return _table(annotated_blocks(plan, config), plan.space_key, 1, CANDIDATE_DTYPES, ddf)
@@ -124,7 +126,8 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
     peaks : str, Path or dask.dataframe.DataFrame
         Peak table file, or peaks already read with :func:`~dask_assign.io.peaks.read_peaks`.
     library : str, Path or SearchSpace
-        Library file, or a search space from :func:`prepare_library`.
+        Library file, or a search space from :func:`prepare_library` (which can keep it in
+        the ion cache: :mod:`~dask_assign.filtering.ion_cache`).
     out : str or Path
         Output folder: ``assignments.<fmt>``, ``candidates.<fmt>``, ``calibration.json``,
         ``manifest.json`` (it lists these files) and ``_SUCCESS`` (``fmt="mztab"``: the
