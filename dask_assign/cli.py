@@ -64,11 +64,7 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: "
                    "one per core, at most 4; small runs: one in-process worker)")
     _add_dashboard_option(p)
-    p.add_argument("--ion-cache", metavar="DIR",
-                   help="folder where a library's ion table is kept once built, for the next "
-                        "run with the same library file and table settings (default: "
-                        "$DASK_ASSIGN_CACHE_DIR, else $XDG_CACHE_HOME/dask-assign or "
-                        "~/.cache/dask-assign; 'off': build it every run)")
+    _add_ion_cache_option(p)
     p.add_argument("--gpu", action="store_true",
                    help="run on the GPUs: a dask-cuda LocalCUDACluster (one worker per GPU), "
                         "CUDA kernels (--device cuda), cudf partitions where RAPIDS is "
@@ -78,6 +74,14 @@ def _add_run_options(p: argparse.ArgumentParser):
     _add_overwrite_option(p)
     _add_tls_options(p)
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _add_ion_cache_option(p):
+    p.add_argument("--ion-cache", metavar="DIR",
+                   help="folder where a library's ion table is kept once built, for the next "
+                        "run with the same library file and table settings (default: "
+                        "$DASK_ASSIGN_CACHE_DIR, else $XDG_CACHE_HOME/dask-assign or "
+                        "~/.cache/dask-assign; 'off': build it every run)")
 
 
 def _add_dashboard_option(p):
@@ -440,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--scheduler", help="address of a running Dask scheduler (overrides the job)")
     j.add_argument("--workers", type=int, help="worker processes of the local cluster")
     j.add_argument("--resume", action="store_true")
+    _add_ion_cache_option(j)
     _add_dashboard_option(j)
     _add_overwrite_option(j)
     _add_tls_options(j)

@@ -102,10 +102,11 @@ def test_submit_job_spec(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("name: t\npeaks: data/peaks.csv\nlibrary: data/library.csv\nout: results\n"
                    "format: csv\nworkers: 2\nsettings:\n  ppm: 10\n  k_max: 30\n")
-    res = cli("submit", job)
+    res = cli("submit", job, "--ion-cache", tmp_path / "cache")
     assert res.returncode == 0, res.stderr
     a = pd.read_csv(tmp_path / "results" / "assignments.csv")
     assert len(a) == 1119
+    assert len(list((tmp_path / "cache").glob("*.ions.pickle"))) == 1
     outside = tmp_path / "escape.yaml"
     outside.write_text("peaks: ../x.csv\nlibrary: data/library.csv\nout: r\n")
     res = cli("submit", outside)
