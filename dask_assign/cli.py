@@ -349,6 +349,8 @@ def cmd_train(args) -> int:
 def _train(args, config, sets) -> int:
     import datetime
 
+    from dask_assign.filtering.ion_cache import cache_dir
+    from dask_assign.filtering.space import prepare_library
     from dask_assign.graph.cluster import connect, serves_dashboard
     from dask_assign.scoring.model import MODEL_FIELDS, save_model
     from dask_assign.training.fit import label_run, train
@@ -362,8 +364,10 @@ def _train(args, config, sets) -> int:
     try:
         served = serves_dashboard(address, False, dashboard)
         print(f"dashboard: {client.dashboard_link if served else 'off'}", flush=True)
+        cache = cache_dir(getattr(args, "ion_cache", None))
         with client.as_current():
-            runs = [label_run(p, lib, t, config, name) for p, lib, t, name in sets]
+            runs = [label_run(p, prepare_library(lib, config, cache=cache), t, config, name)
+                    for p, lib, t, name in sets]
     finally:
         client.close()
         if cluster is not None:

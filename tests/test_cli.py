@@ -264,10 +264,15 @@ def test_a_second_run_reads_the_ion_table_from_the_cache(tmp_path, cli_main, mon
     from dask_assign.filtering import ion_cache
 
     args = ["run", DEMO / "peaks.csv", DEMO / "library.csv", "--k-max", "30"]
+    from dask_assign.filtering import space
+
     cache = tmp_path / "cache"
-    for out in ("a", "b"):
-        code, err = cli_main([*args, "--out", tmp_path / out, "--ion-cache", cache])
-        assert code == 0, err
+    code, err = cli_main([*args, "--out", tmp_path / "a", "--ion-cache", cache])
+    assert code == 0, err
+    with monkeypatch.context() as m:  # the second run must not build the table
+        m.setattr(space, "build_ions", lambda *a, **k: pytest.fail("table built again"))
+        code, err = cli_main([*args, "--out", tmp_path / "b", "--ion-cache", cache])
+    assert code == 0, err
     assert len(ion_cache.entries(cache)) == 1
     for name in ("assignments", "candidates"):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / f"{name}.parquet"),

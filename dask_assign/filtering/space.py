@@ -12,6 +12,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import numba
@@ -120,6 +121,14 @@ class SearchSpace:
         return SearchSpace._from_columns(
             columns, self.bins_ppm, **{k: getattr(self, k) for k in LIBRARY_FIELDS},
             merged_ppm=float(tol_ppm))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the space's arrays (the ion cache's estimate of an entry)."""
+        arrays = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        arrays += [getattr(self.bins, f.name) for f in dataclasses.fields(self.bins)]
+        return int(sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+                   + self.compounds.memory_usage(deep=True).sum())
 
     def indexed(self, max_ppm: float) -> SearchSpace:
         """The space with its mass bins indexed for windows up to ``max_ppm`` (the space
@@ -338,7 +347,7 @@ def prepare_library(library, config: AssignConfig, cache=None) -> SearchSpace:
         Ion cache folder (:mod:`~dask_assign.filtering.ion_cache`): the space is read from
         it where the same library file, adduct table, settings and code built it before, and
         written to it where not. ``None`` (the default of the Python API; the command line
-        uses :func:`~dask_assign.filtering.ion_cache.default_dir`) builds it every time.
+        uses :func:`~dask_assign.filtering.ion_cache.cache_dir`) builds it every time.
         Frames are never cached.
 
     Returns
@@ -348,21 +357,28 @@ def prepare_library(library, config: AssignConfig, cache=None) -> SearchSpace:
     table_config = SimpleNamespace(**{name: getattr(config, name) for name in TABLE_SETTINGS})
     if cache is None or isinstance(library, pd.DataFrame):
         return _build_space(library, table_config)
-    parts = {"settings": vars(table_config)}
-    with reading(library):
-        parts["library_sha256"] = ion_cache.content_digest(library)
-    if config.adduct_table is not None:
-        with reading(config.adduct_table):
-            parts["adduct_table_sha256"] = ion_cache.content_digest(config.adduct_table)
-    key = ion_cache.entry_key(parts)
+    key = _cache_key(library, table_config)
     space = ion_cache.load(cache, key)
     if space is not None:
         log.info("library: %d compounds, %d ions, from the ion cache (%s)",
                  len(space.compounds), space.mz.size, cache)
         return space
     space = _build_space(library, table_config)
-    ion_cache.store(cache, key, space)
+    if _cache_key(library, table_config) == key:  # not kept if an input changed meanwhile
+        ion_cache.store(cache, key, space, nbytes=space.nbytes)
     return space
+
+
+def _cache_key(library, config) -> str:
+    """The ion cache's key of a library file and the table settings: the bytes of the
+    library and of the adduct table, the library's file suffixes (they choose its reader)."""
+    parts = {"settings": vars(config), "library_suffixes": Path(library).suffixes}
+    with reading(library):
+        parts["library_sha256"] = ion_cache.content_digest(library)
+    if config.adduct_table is not None:
+        with reading(config.adduct_table):
+            parts["adduct_table_sha256"] = ion_cache.content_digest(config.adduct_table)
+    return ion_cache.entry_key(parts)
 
 
 def _build_space(library, config) -> SearchSpace:

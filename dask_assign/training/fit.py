@@ -26,6 +26,7 @@ from dask_assign.config import AssignConfig, Calibration, ScorerParams
 from dask_assign.errors import InputError
 from dask_assign.filtering.join import range_join
 from dask_assign.filtering.space import (
+    SearchSpace,
     calibrated_ions,
     candidate_ppm,
     candidate_rt_window,
@@ -118,7 +119,8 @@ def label_run(peaks, library, truth, config: AssignConfig, name: str = "") -> La
     Parameters
     ----------
     peaks, library : str, Path or pandas.DataFrame
-        As for :func:`~dask_assign.graph.run.assign`.
+        As for :func:`~dask_assign.graph.run.assign` (the library also as a
+        :class:`~dask_assign.filtering.space.SearchSpace`).
     truth : str, Path or pandas.DataFrame
         See :func:`read_truth`; ``adduct`` and ``isotope``, where given, must match too.
     config : AssignConfig
@@ -130,7 +132,8 @@ def label_run(peaks, library, truth, config: AssignConfig, name: str = "") -> La
     """
     t = read_truth(truth)
     ddf = as_dask_frame(peaks, config)
-    plan = plan_run(ddf, prepare_library(library, config), config)
+    space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
+    plan = plan_run(ddf, space, config)
     space, calibration = plan.space, plan.calibration
     part = ddf.compute()
     part = to_pandas(part)

@@ -136,9 +136,67 @@ def test_the_least_recently_used_entries_go_beyond_the_limit(tmp_path):
     size = paths[0].stat().st_size
     ion_cache.store(tmp_path, keys[3], payload, limit=int(2.5 * size))
     assert ion_cache.entries(tmp_path) == [paths[0], tmp_path / f"{keys[3]}{ion_cache.SUFFIX}"]
-    # An entry larger than the whole cache is not kept.
+    kept = ion_cache.entries(tmp_path)
+    assert kept == [paths[0], tmp_path / f"{keys[3]}{ion_cache.SUFFIX}"] and theirs.exists()
+    # An entry larger than the whole cache is not kept, and evicts nothing: found so once
+    # written, or estimated so before.
     assert ion_cache.store(tmp_path, keys[4], payload, limit=size // 2) is None
-    assert ion_cache.entries(tmp_path) == [] and theirs.exists()
+    assert ion_cache.store(tmp_path, keys[4], payload, nbytes=size, limit=size // 2) is None
+    assert ion_cache.entries(tmp_path) == kept
+    assert not list(tmp_path.glob(f"{ion_cache.TMP_PREFIX}*"))
+
+
+def test_a_killed_writes_temporary_file_is_removed_once_stale(tmp_path):
+    stale = tmp_path / f"{ion_cache.TMP_PREFIX}a{ion_cache.SUFFIX}"
+    fresh = tmp_path / f"{ion_cache.TMP_PREFIX}b{ion_cache.SUFFIX}"
+    for p in (stale, fresh):
+        p.write_bytes(b"half an entry")
+    t = stale.stat().st_mtime - ion_cache.STALE_TMP_S - 10
+    os.utime(stale, (t, t))
+    ion_cache.store(tmp_path, ion_cache.entry_key({"n": 0}), np.zeros(3))
+    assert not stale.exists() and fresh.exists()  # another process may be writing that one
+
+
+def test_a_folder_others_may_write_is_not_used(library, tmp_path):
+    """An entry is a pickle, which runs code when read: one planted by another user must
+    never be read."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.warns(RuntimeWarning, match="others may write"):
+        got = prepare_library(library, AssignConfig(), cache=shared)
+    assert ion_cache.entries(shared) == []
+    assert_same_space(prepare_library(library, AssignConfig()), got)
+    made = tmp_path / "new" / "cache"
+    prepare_library(library, AssignConfig(), cache=made)
+    assert made.stat().st_mode & 0o777 == 0o700
+
+
+def test_the_default_folder_notes_its_faults_in_the_log_only(library, tmp_path, monkeypatch,
+                                                             caplog):
+    """A user who never chose a cache (a read-only home on a cluster) is not warned on every
+    run; the log says why the table was built."""
+    (tmp_path / "xdg").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(ion_cache.CACHE_ENV)
+    with caplog.at_level("INFO", logger="dask_assign.filtering.ion_cache"):
+        prepare_library(library, AssignConfig(), cache=ion_cache.cache_dir())
+    assert "cannot write" in caplog.text
+
+
+def test_a_library_changed_while_its_table_is_built_is_not_kept(library, tmp_path,
+                                                               monkeypatch):
+    build = space._build_space
+
+    def build_then_edit(*args):
+        out = build(*args)
+        with open(library, "a") as fh:
+            fh.write("\n")
+        return out
+
+    monkeypatch.setattr(space, "_build_space", build_then_edit)
+    prepare_library(library, AssignConfig(), cache=tmp_path / "cache")
+    assert ion_cache.entries(tmp_path / "cache") == []
 
 
 @pytest.mark.parametrize("value, expect", [
@@ -150,6 +208,8 @@ def test_the_cache_folder_comes_from_the_option_then_the_environment(value, expe
     assert got == (tmp_path if expect == "ENV" else expect and type(tmp_path)(expect))
     monkeypatch.setenv(ion_cache.CACHE_ENV, "off")
     assert ion_cache.cache_dir() is None
-    monkeypatch.delenv(ion_cache.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv(ion_cache.CACHE_ENV, "")  # set but empty: as if unset
+    assert ion_cache.cache_dir() == tmp_path / "xdg" / "dask-assign"
+    monkeypatch.delenv(ion_cache.CACHE_ENV)
     assert ion_cache.cache_dir() == tmp_path / "xdg" / "dask-assign"
