@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -72,15 +73,38 @@ class IonTable:
 def ion_order(mz: np.ndarray, compound: np.ndarray, adduct: np.ndarray,
               isotope: np.ndarray) -> np.ndarray:
     """The order of the ion table: by m/z, ties (isomers share every m/z) by compound, adduct
-    and isotopologue; equal to ``np.lexsort((isotope, adduct, compound, mz))``, in half its
-    time: the three integer keys as one, then a stable sort by m/z."""
+    and isotopologue; equal to ``np.lexsort((isotope, adduct, compound, mz))``.
+
+    A stable sort by m/z, then each run of equal m/z put in key order where it is not
+    already: an ion table whose m/z moved a little (merged isotopologues) is nearly in this
+    order, and timsort takes a nearly sorted array in one pass, so the table resolved at a
+    run's mass spread is re-sorted in a fraction of a full sort."""
     compound, adduct, isotope = (np.asarray(v, dtype=np.int64) for v in (compound, adduct,
                                                                          isotope))
     if mz.size == 0:
         return np.empty(0, np.int64)
     n_adduct, n_isotope = int(adduct.max()) + 1, int(isotope.max()) + 1
-    first = np.argsort((compound * n_adduct + adduct) * n_isotope + isotope)
-    return first[np.argsort(mz[first], kind="stable")]
+    key = (compound * n_adduct + adduct) * n_isotope + isotope
+    order = np.argsort(mz, kind="stable")
+    _order_ties(order, np.ascontiguousarray(mz, dtype=np.float64), key)
+    return order
+
+
+@numba.njit(cache=True, nogil=True)
+def _order_ties(order, mz, key):
+    """Each run of ``order`` with one m/z sorted by ``key``, stably, in place."""
+    n = order.size
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and mz[order[j]] == mz[order[i]]:
+            j += 1
+        for t in range(i + 1, j):
+            if key[order[t]] < key[order[t - 1]]:
+                run = order[i:j].copy()
+                order[i:j] = run[np.argsort(key[run], kind="mergesort")]
+                break
+        i = j
 
 
 def element_counts(library: pd.DataFrame) -> dict:

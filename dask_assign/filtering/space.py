@@ -113,11 +113,10 @@ class SearchSpace:
             return self
         keep, mz, la = merge_unresolved(self.group, self.mz, self.log_abundance, self.isotope,
                                         tol_ppm, rows=self.group_rows)
-        columns = {k: getattr(self, k)[keep] for k in ION_ARRAYS}
-        columns["mz"], columns["log_abundance"] = mz, la
-        order = ion_order(columns["mz"], columns["compound"], columns["adduct"],
-                          columns["isotope"])
-        columns = {k: np.ascontiguousarray(v[order]) for k, v in columns.items()}
+        order = ion_order(mz, self.compound[keep], self.adduct[keep], self.isotope[keep])
+        rows = keep[order]  # one gather a column
+        columns = {k: getattr(self, k)[rows] for k in ION_ARRAYS}
+        columns["mz"], columns["log_abundance"] = mz[order], la[order]
         return SearchSpace._from_columns(
             columns, self.bins_ppm, **{k: getattr(self, k) for k in LIBRARY_FIELDS},
             merged_ppm=float(tol_ppm))
