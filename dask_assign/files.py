@@ -62,7 +62,7 @@ def input_path(out) -> Path:
 
 
 def sha256(path) -> str:
-    """Checksum of an input file, for the manifest."""
+    """Checksum of an input file: the manifest's, and the ion cache's key."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -104,21 +104,6 @@ def _warn(directory, message: str) -> None:
         warnings.warn(f"ion cache: {message}", RuntimeWarning, stacklevel=3)
 
 
-def content_digest(path) -> str:
-    """sha256 of a file's bytes; of a folder (a Parquet dataset), of its files' relative
-    paths and bytes in sorted order."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 @functools.cache
 def code_digest() -> str:
     """sha256 over this package's source and data files: any change of the code that builds

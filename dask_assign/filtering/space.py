@@ -25,6 +25,7 @@ from dask_assign.chemistry.ions import IonTable, build_ions, ion_order
 from dask_assign.chemistry.isotopes import merge_unresolved
 from dask_assign.config import AssignConfig, Calibration
 from dask_assign.errors import reading
+from dask_assign.files import sha256
 from dask_assign.filtering import ion_cache
 from dask_assign.filtering.join import MassBinIndex
 from dask_assign.io.library import read_library
@@ -354,8 +355,8 @@ def prepare_library(library, config: AssignConfig, cache=None) -> SearchSpace:
     SearchSpace
     """
     table_config = SimpleNamespace(**{name: getattr(config, name) for name in TABLE_SETTINGS})
-    if cache is None or isinstance(library, pd.DataFrame):
-        return _build_space(library, table_config)
+    if cache is None or isinstance(library, pd.DataFrame) or Path(library).is_dir():
+        return _build_space(library, table_config)  # (a folder: read_library refuses it)
     key = _cache_key(library, table_config)
     space = ion_cache.load(cache, key)
     if space is not None:
@@ -373,10 +374,10 @@ def _cache_key(library, config) -> str:
     library and of the adduct table, the library's file suffixes (they choose its reader)."""
     parts = {"settings": vars(config), "library_suffixes": Path(library).suffixes}
     with reading(library):
-        parts["library_sha256"] = ion_cache.content_digest(library)
+        parts["library_sha256"] = sha256(library)
     if config.adduct_table is not None:
         with reading(config.adduct_table):
-            parts["adduct_table_sha256"] = ion_cache.content_digest(config.adduct_table)
+            parts["adduct_table_sha256"] = sha256(config.adduct_table)
     return ion_cache.entry_key(parts)
 
 

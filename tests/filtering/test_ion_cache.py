@@ -213,3 +213,11 @@ def test_the_cache_folder_comes_from_the_option_then_the_environment(value, expe
     assert ion_cache.cache_dir() == tmp_path / "xdg" / "dask-assign"
     monkeypatch.delenv(ion_cache.CACHE_ENV)
     assert ion_cache.cache_dir() == tmp_path / "xdg" / "dask-assign"
+
+
+def test_a_folder_given_as_the_library_is_refused_as_without_a_cache(tmp_path):
+    from dask_assign.errors import InputError
+
+    (tmp_path / "library.parquet").mkdir()
+    with pytest.raises(InputError, match="is a folder; expected a library file"):
+        prepare_library(tmp_path / "library.parquet", AssignConfig(), cache=tmp_path / "c")
