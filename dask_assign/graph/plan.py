@@ -13,6 +13,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 from dask.base import get_scheduler
+from dask.delayed import Delayed
 
 from dask_assign.backends import to_pandas
 from dask_assign.calibration import mass_search as mass_search_module
@@ -188,21 +189,33 @@ def context_model(blocks: list, space, space_key, config: AssignConfig,
 
 
 def on_workers(obj):
-    """``obj`` as a task argument that is sent once: persisted on the cluster when a
+    """``obj`` (a value, or a delayed that makes it) as a task argument that is sent once:
+    persisted on the cluster when a
     distributed client is current, so later graphs name it instead of carrying it (the
     search space of a large library is tens of MB); else a delayed literal of the graph.
 
     Persisted, not scattered: the scheduler keeps the task that makes it, so a worker lost
     mid-run costs a recomputation, not the run (scattered data cannot be recovered)."""
-    value = dask.delayed(obj, pure=True)
-    # The scheduler that will run the graphs: a distributed client's, or a local one (a
-    # client may exist while dask.config says "synchronous").
-    client = getattr(get_scheduler(), "__self__", None)
-    if not hasattr(client, "persist") or not hasattr(client, "scheduler_info"):
+    value = obj if isinstance(obj, Delayed) else dask.delayed(obj, pure=True)
+    client = cluster_client()
+    if client is None:
         return value
     # Sent once on purpose: distributed's warning about a large graph does not apply.
     with dask.config.set({"distributed.admin.large-graph-warning-threshold": "2GB"}):
         return client.persist(value)
+
+
+def cluster_client():
+    """The distributed client that will run the graphs, or ``None`` for a local scheduler
+    (a client may exist while dask.config says "synchronous")."""
+    client = getattr(get_scheduler(), "__self__", None)
+    return client if hasattr(client, "persist") and hasattr(client, "scheduler_info") else None
+
+
+def resolve_space(space: SearchSpace, tol_ppm: float, max_ppm: float) -> SearchSpace:
+    """The space as a run's instrument sees it (:meth:`SearchSpace.resolved` at ``tol_ppm``),
+    its mass bins indexed for windows up to ``max_ppm``."""
+    return space.resolved(tol_ppm).indexed(max_ppm)
 
 
 def annotated_blocks(plan: RunPlan, config: AssignConfig, which=None) -> list:
@@ -328,10 +341,15 @@ def plan_run(ddf: dd.DataFrame, space: SearchSpace, config: AssignConfig,
         calibration = calibrate(ddf, space, config, space_key, sample)
     # Isotopologues closer than the run's mass spread are one peak to this instrument; the
     # mass bins serve the windows the fitted spread sets (the refinement's included).
-    resolved = space.resolved(max(config.isotope_merge_ppm, calibration.mass_sigma_ppm)) \
-        .indexed(fitted_ppm(config, calibration, config.refine_widen))
-    if resolved is not space or space_key is None:  # the cluster holds the space once
-        space_key = on_workers(resolved)
+    tol = max(config.isotope_merge_ppm, calibration.mass_sigma_ppm)
+    ppm = fitted_ppm(config, calibration, config.refine_widen)
+    # A cluster that holds the space resolves its copy (while this process resolves its
+    # own) rather than receive the table again: a 100k-compound library's is 0.9 GB.
+    held = space_key is not None and cluster_client() is not None
+    on_cluster = on_workers(dask.delayed(resolve_space)(space_key, tol, ppm)) if held else None
+    resolved = resolve_space(space, tol, ppm)
+    if resolved is not space or space_key is None:  # the cluster holds one space at a time
+        space_key = on_cluster if held else on_workers(resolved)
     # The evidence is a sum over blocks, the same for any blocks (below 2 x CONTEXT_SAMPLE):
     # fitted on one block a partition, so that the planner can count pairs as the run will
     # score them.
