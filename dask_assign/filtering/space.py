@@ -338,9 +338,9 @@ def prepare_library(library, config: AssignConfig, cache=None) -> SearchSpace:
 
     Parameters
     ----------
-    library : str, Path or pandas.DataFrame
+    library : str, Path, pandas.DataFrame or SearchSpace
         Library file (read with :func:`~dask_assign.io.library.read_library`), or a frame
-        it returned.
+        it returned; a search space is returned as it is (built once for many calls).
     config : AssignConfig
         Of its fields, only ``TABLE_SETTINGS`` shape the table.
     cache : str or Path, optional
@@ -354,6 +354,8 @@ def prepare_library(library, config: AssignConfig, cache=None) -> SearchSpace:
     -------
     SearchSpace
     """
+    if isinstance(library, SearchSpace):
+        return library
     table_config = SimpleNamespace(**{name: getattr(config, name) for name in TABLE_SETTINGS})
     if cache is None or isinstance(library, pd.DataFrame) or Path(library).is_dir():
         return _build_space(library, table_config)  # (a folder: read_library refuses it)

@@ -28,7 +28,7 @@ import pandas as pd
 from dask_assign.config import AssignConfig, Calibration
 from dask_assign.context.model import ContextModel
 from dask_assign.files import FORMATS, claim, input_path, remove_own_folder, sha256, write_json
-from dask_assign.filtering.space import SearchSpace, prepare_library
+from dask_assign.filtering.space import prepare_library
 from dask_assign.graph.plan import RunPlan, _collect, annotated_blocks, plan_run
 from dask_assign.graph.tasks import _to_backend_of, block_table
 from dask_assign.io.peaks import read_peaks
@@ -91,7 +91,7 @@ def assign(peaks, library, config: AssignConfig | None = None, client=None,
     """
     config = config or AssignConfig()
     ddf = as_dask_frame(peaks, config)
-    space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
+    space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
         plan = plan_run(ddf, space, config, calibration)
     return _table(annotated_blocks(plan, config), plan.space_key, 0, ASSIGNMENT_DTYPES, ddf)
@@ -102,7 +102,7 @@ def candidates(peaks, library, config: AssignConfig, calibration: Calibration,
     """The long candidates table (lazy), for the same settings and calibration as
     :func:`assign`."""
     ddf = as_dask_frame(peaks, config)
-    space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
+    space = prepare_library(library, config)
     with client.as_current() if client is not None else nullcontext():
         plan = plan_run(ddf, space, config, calibration)
     return _table(annotated_blocks(plan, config), plan.space_key, 1, CANDIDATE_DTYPES, ddf)
@@ -169,7 +169,7 @@ def run(peaks, library, out, config: AssignConfig | None = None, client=None,
     for key, value in (("peaks", peaks), ("library", library)):
         if isinstance(value, (str, Path)):
             sources.setdefault(key, value)
-    space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
+    space = prepare_library(library, config)
     with claim(out, overwrite=overwrite):
         if isinstance(peaks, dd.DataFrame):
             return _annotate_to_folder(peaks, space, out, config, client, fmt, sources, resume,

@@ -26,7 +26,6 @@ from dask_assign.config import AssignConfig, Calibration, ScorerParams
 from dask_assign.errors import InputError
 from dask_assign.filtering.join import range_join
 from dask_assign.filtering.space import (
-    SearchSpace,
     calibrated_ions,
     candidate_ppm,
     candidate_rt_window,
@@ -132,7 +131,7 @@ def label_run(peaks, library, truth, config: AssignConfig, name: str = "") -> La
     """
     t = read_truth(truth)
     ddf = as_dask_frame(peaks, config)
-    space = library if isinstance(library, SearchSpace) else prepare_library(library, config)
+    space = prepare_library(library, config)
     plan = plan_run(ddf, space, config)
     space, calibration = plan.space, plan.calibration
     part = ddf.compute()

@@ -51,6 +51,7 @@ def test_a_cached_space_is_the_space_built(library, tmp_path, monkeypatch):
     again = prepare_library(library, config, cache=tmp_path / "cache")
     assert_same_space(built, first)
     assert_same_space(built, again)
+    assert prepare_library(again, config, cache=tmp_path / "cache") is again  # as it is
 
 
 #: A value other than the default for each table setting.
