@@ -166,7 +166,7 @@ def _run_claimed(args, peaks, library, out, config, columns, fmt, scheduler, wor
         from dask_assign.io.peaks import read_peaks
 
     columns = columns if columns is not None else args.columns
-    space = prepare_library(library, config, cache=cache_dir(getattr(args, "ion_cache", None)))
+    space = prepare_library(library, config, cache=cache_dir(args.ion_cache))
     gpu = config.device.startswith("cuda")
     if gpu:
         from dask_assign.graph.cluster import require_cuda
@@ -364,7 +364,7 @@ def _train(args, config, sets) -> int:
     try:
         served = serves_dashboard(address, False, dashboard)
         print(f"dashboard: {client.dashboard_link if served else 'off'}", flush=True)
-        cache = cache_dir(getattr(args, "ion_cache", None))
+        cache = cache_dir(args.ion_cache)
         with client.as_current():
             runs = [label_run(p, prepare_library(lib, config, cache=cache), t, config, name)
                     for p, lib, t, name in sets]
