@@ -204,9 +204,11 @@ def _find_partners(block_mz, block_rt, core_rows, space, config, calibration, mo
         lse = _segment_logsumexp(q, group, key.numel())
         r, mm = key // len(maps), key % len(maps)
         dst, src = t(kept[maps.dst])[mm], t(kept[maps.src])[mm]
-        # A wider window holds proportionally more accidental partners.
+        # A wider window holds proportionally more accidental partners, and a window at a
+        # mass difference chemistry makes often (acetate, CH2) more than the decoys say.
+        accident = t(model.relation_accidents(n_add))[src, dst]
         gain = _log_or_partners(log_p[dst], lse,
-                                log_rho[r] + math.log(adduct_tol / model.rt_tol)) \
+                                log_rho[r] + math.log(adduct_tol / model.rt_tol) + accident) \
             - log_1mp[dst]
         odds.view(-1).index_add_(0, r * n_add + src, gain)
     # Isotope partners: one column per (charge, 13C step), matches grouped by (peak, column).

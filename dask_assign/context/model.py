@@ -144,6 +144,13 @@ class ContextModel:
         predicts, and the share of partners far off it (interference, saturation, fine
         structure a peak picker or simulation drops): measured on the confident main-ion
         calls' partners.
+    adduct_accident : tuple of float
+        log of how much likelier than the decoys say a peak lies by accident where each
+        adduct relation puts a partner, flattened ``[src * n_adducts + dst]`` (empty: as
+        likely). Real runs are full of molecules one acetate, formate, water or CH2 apart
+        (homologous series, in-source losses), so a window at such a mass difference holds a
+        stranger far more often than one at a mass difference no chemistry makes: measured
+        over the outer half of the co-elution window (:func:`_relation_accidents`).
     adduct_rt_sigma, adduct_rt_tol : float
         Co-elution spread and tolerance of a molecule's other adducts, fitted as ``rt_sigma``
         and ``rt_tol`` from the adduct partners of the confident main-ion calls (in excess
@@ -174,12 +181,20 @@ class ContextModel:
     ratio_outliers: float = 0.02
     adduct_rt_sigma: float = 0.0
     adduct_rt_tol: float = 0.0
+    adduct_accident: tuple = ()
 
     def adduct_coelution(self) -> tuple[float, float]:
         """Co-elution spread and tolerance (minutes) of the adduct partners."""
         if self.adduct_rt_tol > 0:
             return self.adduct_rt_sigma, self.adduct_rt_tol
         return self.rt_sigma, self.rt_tol
+
+    def relation_accidents(self, n_adducts: int) -> np.ndarray:
+        """``adduct_accident`` as an ``[n_adducts, n_adducts]`` array (zeros where not
+        fitted)."""
+        if len(self.adduct_accident) != n_adducts * n_adducts:
+            return np.zeros((n_adducts, n_adducts))
+        return np.asarray(self.adduct_accident, dtype=np.float64).reshape(n_adducts, n_adducts)
 
     def to_dict(self) -> dict:
         """Plain values, for JSON (``None`` for a detection limit a table without intensities
@@ -224,7 +239,8 @@ def stat_columns(n_adducts: int, n_labels: int) -> list[str]:
                for k in range(n_labels)]
             + [f"ratio{k}" for k in range(RATIO_BINS.size - 1)]
             + [f"co{b}_{k}" for b in range(n_adducts) for k in range(CO_BINS)]
-            + [f"codecoy{b}_{k}" for b in range(n_adducts) for k in range(CO_BINS)])
+            + [f"codecoy{b}_{k}" for b in range(n_adducts) for k in range(CO_BINS)]
+            + [f"far{a}_{b}" for a in range(n_adducts) for b in range(n_adducts)])
 
 
 def fit_context(stats, config: AssignConfig, calibration: Calibration,
@@ -266,13 +282,15 @@ def fit_context(stats, config: AssignConfig, calibration: Calibration,
     ratio_sigma, ratio_outliers = _ratio_spread(total, config)
     shares = _adduct_shares(total, space, adduct_tol, config)
     background = _adduct_background(total, space, shares, calibration)
+    accidents = _relation_accidents(total, len(space.adduct_names))
     return ContextModel(rt_sigma=float(rt_sigma), rt_tol=float(rt_tol), ppm=float(ppm),
                         log_kappa=float(math.log(kappa)), log_detect=calibration.log_detect,
                         isotope_pairs=float(excess.sum()), adduct_share=shares,
                         isotope_detect=detect, label_detect=labels, noise_share=noise,
                         main_calls=float(total["main_w"]), adduct_background=background,
                         ratio_sigma=ratio_sigma, ratio_outliers=ratio_outliers,
-                        adduct_rt_sigma=float(adduct_sigma), adduct_rt_tol=float(adduct_tol))
+                        adduct_rt_sigma=float(adduct_sigma), adduct_rt_tol=float(adduct_tol),
+                        adduct_accident=accidents)
 
 
 def coelution_fit(excess: np.ndarray, widest: float) -> tuple[float, float]:
@@ -317,6 +335,20 @@ def _floor(excess: np.ndarray) -> float:
     related molecules at an adduct's mass difference), measured over its outer half, where
     the co-elution core has faded."""
     return max(float(np.mean(excess[CO_BINS // 2:])), 0.0)
+
+
+def _relation_accidents(total, n_adducts: int) -> tuple:
+    """log of each adduct relation's accident rate against the decoys' (see
+    :class:`ContextModel`): the peaks its map finds from the core peaks over the outer half of
+    the co-elution window (where :func:`_floor` measures chance too: true partners co-elute
+    closer), against a decoy map's over the same half, one pseudo-pair on each side. Never
+    below the decoys': they shift by whole daltons, so they keep a peak's mass defect and
+    measure the least chance a window has."""
+    decoys = total[[f"decoy{k}" for k in range(RT_BINS // 2, RT_BINS)]].to_numpy().sum() \
+        / len(DECOY_SHIFTS)
+    far = np.array([float(total[f"far{a}_{b}"]) for a in range(n_adducts)
+                    for b in range(n_adducts)])
+    return tuple(float(v) for v in np.maximum(np.log((far + 1.0) / (decoys + 1.0)), 0.0))
 
 
 def _adduct_coelution(total, space: SearchSpace, config, rt_sigma: float,

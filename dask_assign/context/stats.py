@@ -89,15 +89,32 @@ def context_stats(block: pd.DataFrame, space: SearchSpace, config: AssignConfig,
     main_w, sib, co, ratio = _main_call_counts(block, core, li, space, config, calibration,
                                                ppm, window)
     pairs = _adduct_pairs(block, core, space, config, calibration)
+    far = _far_relations(mz, rt, core, space, ppm, window)
     any_core = core.any()
     row = np.concatenate([
         [core.sum(), neighbours(rt, window)[core].sum(),
          mz[core].min() if any_core else np.inf, mz[core].max() if any_core else -np.inf,
          rt[core].min() if any_core else np.inf, rt[core].max() if any_core else -np.inf,
          main_w, strong.sum(), (strong & hit_iso).sum(), hit_dec[strong].sum()], pairs,
-        iso, decoy, sib.ravel(), ratio, co.ravel()]).astype(np.float64)
+        iso, decoy, sib.ravel(), ratio, co.ravel(), far.ravel()]).astype(np.float64)
     return pd.Series(row, index=stat_columns(len(space.adduct_names),
                                              len(space.isotope_labels)))
+
+
+def _far_relations(mz, rt, core, space: SearchSpace, ppm: float, window: float) -> np.ndarray:
+    """Peaks that each adduct relation (``[src, dst]``) finds from the core peaks over the
+    outer half of the co-elution window: the accident rate of its partner windows (true
+    partners co-elute closer), as the decoys' ``decoy`` histogram measures theirs."""
+    n_adducts = len(space.adduct_names)
+    far = np.zeros((n_adducts, n_adducts))
+    if n_adducts < 2 or not core.any():
+        return far
+    ions = space.adduct_ions
+    maps = RelationMaps.build(ions[:, 0], ions[:, 1], ions[:, 2], max_isotope=0)
+    i, j, m = find_relations(mz, rt, maps, ppm, window, anchor=core)
+    outer = np.abs(rt[j] - rt[i]) > window / 2
+    np.add.at(far, (maps.src[m[outer]], maps.dst[m[outer]]), 1.0)
+    return far
 
 
 def _adduct_pairs(block, core, space, config, calibration) -> np.ndarray:

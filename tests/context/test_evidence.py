@@ -306,3 +306,67 @@ def test_context_leaves_an_unambiguous_call_alone():
         assert first.loc["m0", "compound_id"] == ctx.loc["m0", "compound_id"] == "caffeine"
         assert ctx.loc["m0", "prob"] >= first.loc["m0", "prob"] - 0.05
         assert ctx.loc["m0", "p_null"] < 0.5
+
+
+def test_relation_accidents_measure_a_chemical_mass_difference():
+    """Random peaks, and beside a third of them a stranger one Na-H (21.98194) heavier at an
+    RT anywhere in the co-elution window (a homolog series, not one molecule's adducts). The
+    [M+H]+ -> [M+Na]+ windows, and the reverse, hold that many more peaks than the decoys'
+    over the outer half of the window (where true partners do not reach): the fitted
+    accident is log(1 + planted / chance), by a count independent of the relation search.
+    Relations no planted difference serves stay at zero, and without the series all do."""
+    from dask_assign.context.model import partner_ppm
+
+    rng = np.random.default_rng(11)
+    n, window = 6000, 0.1
+    mz, rt = rng.uniform(100, 800, n), rng.uniform(0, 20, n)
+    k = n // 3
+    planted_mz = mz[:k] + 21.98194
+    planted_rt = rt[:k] + rng.uniform(-window, window, k)
+    cal = Calibration(mass_sigma_ppm=2.0, log_detect=math.log(1e5))
+    config = AssignConfig(max_coelution=window)
+    space = small_space()
+    names = list(space.adduct_names)
+    h, na = names.index("[M+H]+"), names.index("[M+Na]+")
+
+    def fitted(m, r):
+        frame = pd.DataFrame({"mz": m, "rt": r, "intensity": 1e6, "core": True})
+        model = fit_context(context_stats(frame, space, config, cal), config, cal, space)
+        return model.relation_accidents(len(names))
+
+    series = fitted(np.r_[mz, planted_mz], np.r_[rt, planted_rt])
+    # Chance: peaks per core peak in an outer-half window (ppm either side, RT width window).
+    ppm = partner_ppm(cal)
+    density = (n + k) / (700.0 * 20.0)
+    chance = (n + k) * density * 2 * ppm * 1e-6 * 470.0 * window
+    planted = np.sum(np.abs(planted_rt - rt[:k]) > window / 2)
+    expected = math.log(1 + planted / chance)
+    assert expected > 2.0
+    assert series[h, na] == pytest.approx(expected, abs=0.25)
+    assert series[na, h] == pytest.approx(expected, abs=0.25)
+    others = np.ones_like(series, dtype=bool)
+    others[h, na] = others[na, h] = False
+    assert series[others].max() < 0.4
+    assert fitted(mz, rt).max() < 0.4
+
+
+def test_a_partner_where_accidents_are_common_counts_for_less():
+    """The isobar case again, in a run where peaks one Na-H apart co-elute by accident e^3
+    times as often as the decoys say (a homolog series): the [M+H]+ partner is weaker
+    evidence of caffeine's [M+Na]+, which still gains over the peak alone, by less."""
+    na = ion_mz(ISOBAR, "[M+H]+")
+    alone = [("na", na, RT, 2e5)]
+    pair = alone + [("h", ion_mz(CAFFEINE, "[M+H]+"), RT + 0.002, 1e6)]
+    accident = np.zeros((len(ADDUCTS), len(ADDUCTS)))
+    accident[0, 1] = accident[1, 0] = 3.0
+    common = dataclasses.replace(MODEL, adduct_accident=tuple(accident.ravel()))
+
+    def p_caffeine(peaks, model=MODEL):
+        out = annotate(PAIR_LIB, peaks, model=model).loc["na"]
+        p = out["prob"] if out["compound_id"] == "caffeine" else 0.0
+        return p, out["n_partners"]
+
+    (p_alone, n_alone), (p_found, n_found) = p_caffeine(alone), p_caffeine(pair)
+    p_common, n_common = p_caffeine(pair, common)
+    assert n_alone == 0 and n_found == n_common == 1
+    assert p_alone < p_common < p_found
