@@ -82,6 +82,7 @@ from dask_assign.filtering.join import (
 )
 from dask_assign.filtering.space import (
     SearchSpace,
+    centred_mz,
 )
 from dask_assign.scoring.passes import (
     PartitionResult,
@@ -643,6 +644,10 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     device = scored.p_null.device
     n = int(scored.p_null.shape[0])
     core_rows = np.asarray(core_rows, dtype=np.int64)
+    # Partners are searched in m/z with the run's mass offset taken out (as the candidates
+    # were): the offset curve moves ions far apart in m/z by different ppm.
+    block = block.assign(mz=centred_mz(block["mz"].to_numpy(dtype=np.float64), calibration))
+    peaks = {**result.peaks, "mz": centred_mz(result.peaks["mz"], calibration)}
     # Copies: a frame's columns can be read-only views (copy on write), which torch wraps
     # only with a warning.
     block_mz = block["mz"].to_numpy(dtype=np.float64, copy=True)
@@ -659,7 +664,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
                               p_adduct, kept, device)
     ions = torch.as_tensor(space.adduct_ions, device=device)
     li = block_li[torch.as_tensor(core_rows, device=device)]
-    mz, rt = result.peaks["mz"], result.peaks["rt"]
+    mz, rt = peaks["mz"], peaks["rt"]
     weight = config.context_weight
     common = (block_mz_t, block_rt_t, block_li, model, config, calibration)
 
@@ -669,7 +674,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     a = torch.as_tensor(space.adduct[ion], device=device)
     finder = _BlockPeaks(block_mz, block_rt, model.ppm)
     cand = partners.adduct_odds[f.peak, a] + _sibling_odds(
-        f.peak.cpu().numpy(), ion, space, result.peaks, li, core_rows, block, finder,
+        f.peak.cpu().numpy(), ion, space, peaks, li, core_rows, block, finder,
         partners.log_rho, model, config, calibration, kernel)
 
     # The null slot: noise, or a molecule missing from the library under any label (adduct,

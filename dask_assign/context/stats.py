@@ -65,7 +65,9 @@ def context_stats(block: pd.DataFrame, space: SearchSpace, config: AssignConfig,
     dask's ``sizeof`` a tenth of a second per block, as much as the counting on a small run.
     """
     core = block["core"].to_numpy(dtype=bool)
-    mz = block["mz"].to_numpy(dtype=np.float64)
+    # Partners are searched in m/z with the run's mass offset taken out: the offset curve
+    # moves a trimer, a dimer or an adduct 60 Da away by another few ppm than its main ion.
+    mz = centred_mz(block["mz"].to_numpy(dtype=np.float64), calibration)
     rt = block["rt"].to_numpy(dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         li = np.log(block["intensity"].to_numpy(dtype=np.float64, na_value=np.nan))
@@ -86,8 +88,8 @@ def context_stats(block: pd.DataFrame, space: SearchSpace, config: AssignConfig,
     hit_iso = np.zeros(mz.size, dtype=bool)
     hit_iso[i[maps.kind[m] == ISOTOPE]] = True
     hit_dec = np.bincount(i[maps.kind[m] == DECOY], minlength=mz.size)
-    main_w, sib, co, ratio = _main_call_counts(block, core, li, space, config, calibration,
-                                               ppm, window)
+    main_w, sib, co, ratio = _main_call_counts(block, mz, core, li, space, config,
+                                               calibration, ppm, window)
     pairs = _adduct_pairs(block, core, space, config, calibration)
     far = _far_relations(mz, rt, core, space, ppm, window)
     any_core = core.any()
@@ -144,10 +146,11 @@ def _adduct_pairs(block, core, space, config, calibration) -> np.ndarray:
     return counts
 
 
-def _main_call_counts(block, core, li, space, config, calibration, ppm, window):
+def _main_call_counts(block, mz, core, li, space, config, calibration, ppm, window):
     """The confident main-ion calls of a block's core peaks (a first pass over the main
     adduct's monoisotopic ions, each pair weighed by its probability) and what co-elutes
-    with them: the summed weight; per isotopologue label, the weight of the calls whose
+    with them (``mz``: the block's centred m/z, where the partners are searched): the summed
+    weight; per isotopologue label, the weight of the calls whose
     sibling of that label is predicted well above the detection limit, and its hits and
     decoy hits; per adduct, the co-occurrence histograms (hits, then decoy hits, by RT
     difference)."""
@@ -171,10 +174,10 @@ def _main_call_counts(block, core, li, space, config, calibration, ppm, window):
     if ion.size == 0:
         return 0.0, sib, co, ratio
     own = rows[peak]
-    pmz = block["mz"].to_numpy(dtype=np.float64)[own]
+    pmz = mz[own]
     prt = block["rt"].to_numpy(dtype=np.float64)[own]
     block_rt = block["rt"].to_numpy(dtype=np.float64)
-    found = _BlockPeaks(block["mz"].to_numpy(dtype=np.float64), block_rt, ppm)
+    found = _BlockPeaks(mz, block_rt, ppm)
     shifts = np.asarray(DECOY_SHIFTS)
 
     def search(owner, target):
@@ -217,8 +220,7 @@ def _main_call_counts(block, core, li, space, config, calibration, ppm, window):
         t, jj = found.find(target, prt[owner[member]], window)
         mine = jj != own[owner[member[t]]]
         t, jj = t[mine], jj[mine]
-        hit = nearest_target(owner[member], target, t, jj,
-                             block["mz"].to_numpy(dtype=np.float64))
+        hit = nearest_target(owner[member], target, t, jj, mz)
         near[member[t[hit]], 0] = True
         # How far the partners' intensities lie from the predicted ratio (strong ones only).
         partner = member[t[hit]]

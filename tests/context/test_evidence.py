@@ -370,3 +370,44 @@ def test_a_partner_where_accidents_are_common_counts_for_less():
     p_common, n_common = p_caffeine(pair, common)
     assert n_alone == 0 and n_found == n_common == 1
     assert p_alone < p_common < p_found
+
+
+def test_partners_are_searched_with_the_mass_offset_taken_out():
+    """A run whose mass error runs from -15 ppm at m/z 150 to 0 at m/z 400 (as E. coli
+    negative's does): caffeine's [M+H]+ (195) and its dimer's [2M+H]+ (389) are measured
+    where that curve puts them, 13 ppm apart in error, beyond the partner window. The pass
+    finds the dimer as it does in a run without the offset, and gives the same
+    probabilities."""
+    config = CONFIG.replace(adducts=("[M+H]+", "[2M+H]+"))
+    adducts = select_adducts("positive", config.adducts)
+    lib = library_frame([("caffeine", CAFFEINE, RT), ("isobar", ISOBAR, RT)])
+    space = SearchSpace.build(build_ions(lib, adducts, config.max_isotope),
+                              config.ppm * config.refine_widen)
+    m = parse_formula(CAFFEINE).mass
+    exact = {"h": adducts[0].mz(m), "h13": adducts[0].mz(m) + C13_SPACING,
+             "dimer": adducts[1].mz(m)}
+    flat = CAL.replace(mass_knots=(150.0, 400.0), mass_offsets=(0.0, 0.0))
+    steep = CAL.replace(mass_knots=(150.0, 400.0), mass_offsets=(-15.0, 0.0))
+
+    def run(cal):
+        offset = cal.mass_offset(np.array(list(exact.values())))
+        frame = pd.DataFrame({
+            "peak_id": pd.array(list(exact), dtype="string"),
+            "mz": np.array(list(exact.values())) * (1 + offset * 1e-6),
+            "rt": [RT, RT, RT + 0.001], "intensity": [1e6, 1e5, 2e5]})
+        result = second_pass(first_pass(frame, space, config, cal), space, config, cal)
+        result = apply_context(result, frame, np.arange(len(frame)), space, config, cal, MODEL)
+        stats = context_stats(frame.assign(core=True), space, config, cal)
+        return to_tables(result, space)[0].set_index("peak_id"), stats
+
+    (plain, plain_stats), (shifted, shifted_stats) = run(flat), run(steep)
+    # The counts the context model is fitted from see the dimer too.
+    dimer = space.adduct_names.index("[2M+H]+")
+    co = [c for c in plain_stats.index if c.startswith(f"co{dimer}_")]
+    assert plain_stats[co].sum() > 0
+    pd.testing.assert_series_equal(shifted_stats, plain_stats)
+    assert shifted.loc["dimer", "ppm_error"] - shifted.loc["h", "ppm_error"] > 10
+    assert plain.loc["h", "n_partners"] == shifted.loc["h", "n_partners"] == 2
+    assert shifted.loc["dimer", "compound_id"] == "caffeine"
+    for col in ("prob", "p_null"):
+        np.testing.assert_allclose(shifted[col], plain[col], rtol=1e-6)
