@@ -11,7 +11,9 @@ that hypothesis predicts and whether they are there:
 
 * a candidate's isotopologue siblings (its monoisotopic ion, and the most abundant others of
   its compound and adduct) at the m/z and intensity ratio its formula predicts, from the ion
-  table; a label's 13C partners from the typical carbon count of its mass;
+  table, or, for a monoisotopic candidate, its 13C envelope alone, as a peak table that
+  merges or drops the fine structure shows it (the better reading counts); a label's 13C
+  partners from the typical carbon count of its mass;
 * the other adducts of the same molecule (:mod:`dask_assign.context.relations` maps m/z to m/z).
 
 A partner found multiplies the hypothesis' odds by ``d q / rho + (1 - d)``, where ``d`` is the
@@ -673,9 +675,11 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     ion = f.ion.cpu().numpy()
     a = torch.as_tensor(space.adduct[ion], device=device)
     finder = _BlockPeaks(block_mz, block_rt, model.ppm)
-    cand = partners.adduct_odds[f.peak, a] + _sibling_odds(
-        f.peak.cpu().numpy(), ion, space, peaks, li, core_rows, block, finder,
-        partners.log_rho, model, config, calibration, kernel)
+    siblings = _sibling_odds(f.peak.cpu().numpy(), ion, space, peaks, li, core_rows, block,
+                             finder, partners.log_rho, model, config, calibration, kernel)
+    siblings = torch.maximum(siblings, _envelope_odds(
+        partners, f.peak, ion, a, space, mz, rt, li, common, kernel, siblings))
+    cand = partners.adduct_odds[f.peak, a] + siblings
 
     # The null slot: noise, or a molecule missing from the library under any label (adduct,
     # 13C count), with the typical carbon count of its mass. The isotope terms of one charge
@@ -717,6 +721,35 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
 
     logit = scored.logit + weight * cand - null[f.peak]
     return _rescored(result, logit, scored.log_rest - null, partners.n_partners, space)
+
+
+def _envelope_odds(partners: _Partners, peak, ion, a, space: SearchSpace, mz, rt, li, common,
+                   kernel, siblings) -> torch.Tensor:
+    """Log odds factor of a monoisotopic candidate's 13C envelope alone: its 13C1 and 13C2
+    partners at the intensities its formula's carbon count predicts, as the null slot reads
+    an unknown molecule's (``-inf`` for the other candidates).
+
+    A peak table may report an ion's isotopologue fine structure (15N, 18O, 34S apart from
+    13C) or only its 13C envelope: a peak picker that groups features within some ppm merges
+    NAD's 15N1 into its 13C1 peak (9.7 ppm apart at m/z 663) and its 18O1 with its 13C2. The
+    sibling term then counts each merged isotopologue as missing and the merged peak as off
+    its ratio, while the null's reading of an unknown molecule asks only for the envelope;
+    credited with the better of the two readings, a library compound is never less likely
+    than an unknown molecule on evidence both explain."""
+    out = torch.full_like(siblings, float("-inf"))
+    mono = space.isotope[ion] == 0
+    carbon = space.n_carbon[space.compound[ion]] * space.adduct_ions[space.adduct[ion], 0]
+    ok = mono & np.isfinite(carbon)
+    ok &= partners.iso_col[a, 0, 1].cpu().numpy() >= 0  # its charge's 13C maps were searched
+    if not ok.any():
+        return out
+    sel = torch.as_tensor(np.flatnonzero(ok), device=siblings.device)
+    rows = peak[sel]
+    model = common[3]
+    c = torch.as_tensor(carbon[ok], dtype=li.dtype, device=li.device)
+    out[sel] = _isotope_odds(partners, rows, a[sel], torch.zeros_like(rows), c, mz[rows],
+                             rt[rows], li[rows], *common, model.ratio_sigma, kernel)
+    return out
 
 
 def _neutral(mz, a, s, ions):
