@@ -24,11 +24,13 @@ SCORER = SHARED.parent / "tools" / "score.py"
 #: What each real run scores today (known_top1, unknown_null at least; ECE at most): a floor
 #: the suite holds, measured by benchmarks/accuracy.py (README).
 #: ECE on 153 peaks (E. coli negative) varies by sampling alone: a perfectly calibrated
-#: predictor with these probabilities scores 0.024 on average, 0.036 at the 95th percentile.
+#: predictor with these probabilities scores 0.026 on average and 0.043 at the 95th
+#: percentile (one draw per molecule: benchmarks/ece_floor.py), so its ECE floor is that
+#: percentile, not today's 0.040.
 FLOORS = {
-    "netid_hilic_neg": ("negative", 0.87, 0.97, 0.025),
+    "netid_hilic_neg": ("negative", 0.88, 0.97, 0.025),
     "ipa_ecoli_pos": ("positive", 0.95, 0.99, 0.02),
-    "ipa_ecoli_neg": ("negative", 0.94, 0.97, 0.03),
+    "ipa_ecoli_neg": ("negative", 0.95, 0.97, 0.045),
 }
 
 pytestmark = pytest.mark.skipif(not REAL.exists(), reason="needs ../shared (the real runs)")
