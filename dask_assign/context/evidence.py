@@ -727,15 +727,17 @@ def _envelope_odds(partners: _Partners, peak, ion, a, space: SearchSpace, mz, rt
                    kernel, siblings) -> torch.Tensor:
     """Log odds factor of a monoisotopic candidate's 13C envelope alone: its 13C1 and 13C2
     partners at the intensities its formula's carbon count predicts, as the null slot reads
-    an unknown molecule's (``-inf`` for the other candidates).
+    an unknown molecule's (``-inf`` for the other candidates; ``siblings``, the candidates'
+    sibling term, gives the shape and device; ``common`` is the block's
+    ``(mz, rt, log intensity, model, config, calibration)``).
 
     A peak table may report an ion's isotopologue fine structure (15N, 18O, 34S apart from
     13C) or only its 13C envelope: a peak picker that groups features within some ppm merges
     NAD's 15N1 into its 13C1 peak (9.7 ppm apart at m/z 663) and its 18O1 with its 13C2. The
     sibling term then counts each merged isotopologue as missing and the merged peak as off
     its ratio, while the null's reading of an unknown molecule asks only for the envelope;
-    credited with the better of the two readings, a library compound is never less likely
-    than an unknown molecule on evidence both explain."""
+    credited with the better of the two readings, a library compound does not lose to an
+    unknown molecule on evidence both explain."""
     out = torch.full_like(siblings, float("-inf"))
     mono = space.isotope[ion] == 0
     carbon = space.n_carbon[space.compound[ion]] * space.adduct_ions[space.adduct[ion], 0]
@@ -747,6 +749,7 @@ def _envelope_odds(partners: _Partners, peak, ion, a, space: SearchSpace, mz, rt
     rows = peak[sel]
     model = common[3]
     c = torch.as_tensor(carbon[ok], dtype=li.dtype, device=li.device)
+    # The formula's own carbon count: the isotope ratio spread, not the unknowns' wider one.
     out[sel] = _isotope_odds(partners, rows, a[sel], torch.zeros_like(rows), c, mz[rows],
                              rt[rows], li[rows], *common, model.ratio_sigma, kernel)
     return out
