@@ -2,7 +2,12 @@
 elemental composition (same m/z: only RT and partners can tell them apart), and how many of
 those are ions the curation marks as artifacts whose combined formula has two library parents
 (which the truth build, ``shared/data/real/netid_hilic_neg/build.py: adduct_parent``, leaves
-"unknown": it maps an artifact to its compound only where the parent is unique).
+"unknown": it maps an artifact to its compound only where the parent is unique). And two kinds
+of call the truth scores false whose chemistry the peak table confirms: doubly charged ions
+(``[M-2H]2-``) with their 13C1 peak at half the 13C spacing, co-eluting; and ``[M+K-2H]-``
+ions co-eluting with a peak called as the same compound's ``[M-H]-``, where the curation gave
+the peak a formula without potassium (C2K and O2P differ by 0.0001 Da: a nucleotide's
+potassium adduct and a phosphate-richer formula lie 0.3 ppm apart).
 
     .venv/bin/python benchmarks/netid_false_calls.py RESULT_FOLDER
 
@@ -17,6 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 from molmass import Formula
+
+#: Within this (minutes) a partner co-elutes, and within this (ppm) it lies where predicted.
+COELUTE, PPM = 0.05, 3.0
+C13_HALF = 1.0033548 / 2
 
 NETID = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "netid_hilic_neg"
 #: The adduct groups of the truth build (mult, added atoms), by dask-assign's adduct names.
@@ -72,6 +81,38 @@ def main(folder: Path):
     print(f"unknown peaks with a formula called as a compound: {len(false)}")
     print(f"  of them an ion of exactly the truth's composition: {same}")
     print(f"  of those, curated artifacts, by number of library parents: {dict(artifacts)}")
+    peaks = pd.read_csv(NETID / "peaks.csv")
+    every = truth.merge(calls, on="peak_id", suffixes=("_t", ""))
+    wrong = every[~every["in_library"].astype(bool) & every["compound_id"].notna()]
+    print(f"unknown peaks called as a compound: {len(wrong)}")
+    double = wrong[wrong["adduct"] == "[M-2H]2-"]
+    confirmed = sum(_has_peak(peaks, r["mz"] + C13_HALF, r["rt"]) or
+                    _has_peak(peaks, r["mz"] - C13_HALF, r["rt"]) for _, r in double.iterrows())
+    print(f"  [M-2H]2- calls: {len(double)}; with a co-eluting peak half a 13C spacing away: "
+          f"{confirmed}")
+    potassium = wrong[wrong["adduct"] == "[M+K-2H]-"]
+    main = calls[calls["adduct"] == "[M-H]-"]
+    beside = isobaric = 0
+    for _, r in potassium.iterrows():
+        same = main[(main["compound_id"] == r["compound_id"])
+                    & ((main["rt"] - r["rt"]).abs() <= COELUTE)]
+        if len(same):
+            beside += 1
+            if isinstance(r["formula_t"], str) and "K" not in composition(r["formula_t"]):
+                # The call's neutral plus K - H against the curated neutral: same [X-H]- mass.
+                ours = Formula(r["formula"]).isotope.mass + Formula("K").isotope.mass \
+                    - Formula("H").isotope.mass
+                theirs = Formula(r["formula_t"]).isotope.mass
+                isobaric += abs(ours - theirs) / theirs * 1e6 < 1.0
+    print(f"  [M+K-2H]- calls: {len(potassium)}; beside the same compound's [M-H]- call: "
+          f"{beside}, of which curated as a formula without K within 1 ppm: {isobaric}")
+
+
+def _has_peak(peaks: pd.DataFrame, mz: float, rt: float) -> bool:
+    """Whether a peak lies within ``PPM`` of ``mz`` and ``COELUTE`` of ``rt``."""
+    near_mz = (peaks["mz"] - mz).abs() <= mz * PPM * 1e-6
+    near_rt = (peaks["rt"] - rt).abs() <= COELUTE
+    return bool((near_mz & near_rt).any())
 
 
 if __name__ == "__main__":
