@@ -380,8 +380,9 @@ class Calibration:
         Spread of observed RT around the mapping (minutes) for library RTs that hold.
     rt_tail_share, rt_tail_sigma : float
         Share of library RTs that do not hold (measured on another day, another column), and
-        the broad spread (minutes) of their residuals: the RT error is the mixture
-        ``(1 - share) N(0, rt_sigma) + share N(0, rt_tail_sigma)``.
+        the scale (minutes) of their residuals: the RT error is the mixture
+        ``(1 - share) N(0, rt_sigma) + share t_3(0, rt_tail_sigma)``, a Student t with
+        :data:`~dask_assign.scoring.scorer.RT_TAIL_DOF` degrees of freedom (heavy-tailed).
     null_prior : float
         Prior share of peaks that are none of the library's ions.
     main_share : float

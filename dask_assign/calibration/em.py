@@ -30,7 +30,7 @@ from dask_assign.filtering.join import (
 from dask_assign.filtering.space import SearchSpace, calibrated_ions, centred_mz, main_adduct
 from dask_assign.scoring.model import MODEL_FIELDS
 from dask_assign.scoring.passes import peak_tensors, score_in_batches
-from dask_assign.scoring.scorer import log_normal
+from dask_assign.scoring.scorer import log_normal, tail_log_density, tail_weight
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +127,16 @@ def em_statistics(part, space: SearchSpace, config: AssignConfig,
     r = (f.peak_rt - f.expected_rt)[has_rt]
     wr = w[has_rt]
     core = log_normal(r, calibration.rt_sigma) + math.log1p(-calibration.rt_tail_share)
-    tail = log_normal(r, calibration.rt_tail_sigma) + math.log(calibration.rt_tail_share)
+    tail = tail_log_density(r, calibration.rt_tail_sigma) + math.log(calibration.rt_tail_share)
     g = torch.sigmoid(core - tail)
-    # The map's weights: precision of each match under its components, in core units.
+    # The map's weights: precision of each match under its components, in core units (the
+    # broad one's a residual's own, a Student t's expected precision).
+    u = tail_weight(r, calibration.rt_tail_sigma)
     ratio = (calibration.rt_sigma / calibration.rt_tail_sigma) ** 2
-    vals += curve_statistics(f.ion_rt[has_rt], f.peak_rt[has_rt], wr * (g + (1 - g) * ratio),
-                             calibration.rt_knots)
+    vals += curve_statistics(f.ion_rt[has_rt], f.peak_rt[has_rt],
+                             wr * (g + (1 - g) * u * ratio), calibration.rt_knots)
     vals += [float((wr * g).sum()), float((wr * g * r * r).sum()),
-             float((wr * (1 - g)).sum()), float((wr * (1 - g) * r * r).sum())]
+             float((wr * (1 - g)).sum()), float((wr * (1 - g) * u * r * r).sum())]
     n_adducts = len(space.adduct_names)
     adduct = space.take("adduct", f.ion)
     vals += torch.zeros(n_adducts, dtype=w.dtype, device=w.device).index_add(
@@ -241,8 +243,10 @@ def m_step(stats: dict, calibration: Calibration, config: AssignConfig,
 
 
 def rt_mixture(stats: dict, c: Calibration) -> dict:
-    """M-step of the RT error mixture: the share of library RTs that are off, and the two
-    spreads, from the responsibility sums (a pseudo-count on each side of the share)."""
+    """M-step of the RT error mixture: the share of library RTs that are off, the core's
+    spread and the broad component's scale, from the responsibility sums (a pseudo-count on
+    each side of the share; the scale's squared residuals weighed by
+    :func:`~dask_assign.scoring.scorer.tail_weight`)."""
     w1, w2 = stats["rt_core_w"], stats["rt_tail_w"]
     if w1 + w2 < 5:
         return {}

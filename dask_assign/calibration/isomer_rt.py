@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dask_assign.calibration.curves import Curve
+from dask_assign.scoring.scorer import tail_log_density
 
 #: Compounds' worth of the uniform density mixed in: a library with a few isomer pairs moves
 #: the model little from "anywhere in the run".
@@ -119,14 +120,15 @@ def isomer_rt_curve(diff: np.ndarray, weight: np.ndarray, rt_span: float, sigma:
     knots = np.arange(-half, half + 1) * step
     if n_compounds == 0:
         return Curve(tuple(knots.tolist()), (uniform,) * knots.size)
-    # Histogram on the grid, then smoothed by the RT error model (a Gaussian mixture): the
+    # Histogram on the grid, then smoothed by the RT error model (normal core, t tail): the
     # convolution by FFT over a grid padded against wrap-around.
     edges = np.r_[knots - step / 2, knots[-1] + step / 2]
     hist = np.histogram(np.clip(diff, knots[0], knots[-1]), edges, weights=weight)[0]
     hist = hist / (hist.sum() * step)
     n = 2 * knots.size
     lag = np.fft.fftfreq(n, d=1.0 / (n * step))
-    kernel = (1 - tail_share) * _gaussian(lag, sigma) + tail_share * _gaussian(lag, tail_sigma)
+    kernel = (1 - tail_share) * _gaussian(lag, sigma) \
+        + tail_share * np.exp(tail_log_density(lag, tail_sigma))
     smooth = np.fft.irfft(np.fft.rfft(hist, n) * np.fft.rfft(kernel * step, n), n)
     smooth = np.maximum(smooth[: knots.size], 0.0)
     mix = (n_compounds * smooth + PRIOR_COMPOUNDS * math.exp(uniform)) / (

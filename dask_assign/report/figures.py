@@ -283,7 +283,7 @@ def rt_residual(data: ReportData, sources: Sources | None = None):
     bokeh.plotting.figure
         Named ``rt_residual``: the calls' residuals, the fitted library-to-run map (drawn as
         its shift, map(x) - x), and two bands: +/- 2 sigma of the library RTs that hold, and
-        +/- 2 sigma of the broad tail (the share of library RTs the run does not trust).
+        +/- 2 scales of the broad t tail (the share of library RTs the run does not trust).
     """
     src = _sources(data, sources)
     cal = data.calibration
@@ -300,7 +300,7 @@ def rt_residual(data: ReportData, sources: Sources | None = None):
         if share > 0:
             fig.varea(x=grid, y1=shift - 2 * cal.rt_tail_sigma, y2=shift + 2 * cal.rt_tail_sigma,
                       color="#D55E00", alpha=0.06, legend_label=f"RTs not trusted ({share:.1%}): "
-                      f"+/- 2 x {cal.rt_tail_sigma:.2f} min")
+                      f"+/- 2 x scale {cal.rt_tail_sigma:.2f} min")
         fig.varea(x=grid, y1=shift - 2 * cal.rt_sigma, y2=shift + 2 * cal.rt_sigma,
                   color="#0072B2", alpha=0.15, legend_label=f"RTs trusted ({1 - share:.1%}): "
                   f"+/- 2 x {cal.rt_sigma:.3f} min")

@@ -96,8 +96,8 @@ def _calibration_words(data: ReportData) -> dict:
                   f"{cal.rt_values[0]:.2f}-{cal.rt_values[-1]:.2f} min "
                   f"({len(cal.rt_knots)} knots)",
         "library RTs trusted": f"{1 - cal.rt_tail_share:.1%} within sigma "
-                               f"{cal.rt_sigma:.3f} min; the rest sigma "
-                               f"{cal.rt_tail_sigma:.2f} min",
+                               f"{cal.rt_sigma:.3f} min; the rest off by a t tail of "
+                               f"scale {cal.rt_tail_sigma:.2f} min",
         "prior of 'not in library'": f"{cal.null_prior:.3f}",
         "co-elution tolerance (min)": f"{data.rt_tol:.3f} ({data.rt_tol_source})",
         "EM iterations": cal.iterations,

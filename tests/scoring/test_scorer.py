@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +99,35 @@ def test_scorer_is_cached_per_settings():
     assert get_scorer(ScorerParams(), cal) is get_scorer(ScorerParams(), cal)
     assert get_scorer(ScorerParams(), cal) is not get_scorer(ScorerParams(), cal.replace(
         rt_sigma=0.2))
+
+
+def test_the_rt_tail_is_a_student_t():
+    """The broad RT component against the closed form of a t with 3 degrees of freedom: its
+    density at 0 (2 / (pi sqrt 3) per scale), total mass 1, variance 3 scales squared, and a
+    tail far above a normal's of the same variance; the E-step weight is the expected
+    precision (4 / (3 + z^2))."""
+    from dask_assign.scoring.scorer import (
+        RT_TAIL_DOF,
+        log_normal,
+        rt_log_density,
+        tail_log_density,
+        tail_weight,
+    )
+
+    assert RT_TAIL_DOF == 3.0
+    scale = 2.0
+    r = np.linspace(-4000.0, 4000.0, 4_000_001)
+    density = np.exp(tail_log_density(r, scale))
+    step = r[1] - r[0]
+    assert np.exp(tail_log_density(np.array([0.0]), scale))[0] == pytest.approx(
+        2 / (math.pi * math.sqrt(3)) / scale)
+    assert density.sum() * step == pytest.approx(1.0, abs=1e-3)
+    assert (density * r * r).sum() * step == pytest.approx(3 * scale**2, rel=0.01)
+    far = torch.tensor([5 * math.sqrt(3) * scale], dtype=torch.float64)  # 5 sd out
+    assert tail_log_density(far, scale) > log_normal(far, math.sqrt(3) * scale) + 5
+    assert tail_weight(torch.tensor([0.0, scale], dtype=torch.float64), scale).tolist() == \
+        pytest.approx([4 / 3, 1.0])
+    # The mixture: the core where a library RT holds, the t where it is off.
+    t = torch.tensor([0.0, 8.0], dtype=torch.float64)
+    mix = rt_log_density(t, 0.1, 0.5, scale)
+    assert mix[1] == pytest.approx(float(tail_log_density(t[1:], scale)[0]) + math.log(0.5))
