@@ -26,11 +26,11 @@ SCORER = SHARED.parent / "tools" / "score.py"
 #: ECE on 153 peaks (E. coli negative) varies by sampling alone: a perfectly calibrated
 #: predictor with these probabilities scores 0.026 on average and 0.043 at the 95th
 #: percentile (one draw per molecule: benchmarks/ece_floor.py), so its ECE floor is that
-#: percentile, not today's 0.040.
+#: percentile (today 0.026; 0.040 on the sixteenth session's first try, by one peak's bin).
 FLOORS = {
     "netid_hilic_neg": ("negative", 0.88, 0.97, 0.025),
     "ipa_ecoli_pos": ("positive", 0.95, 0.99, 0.02),
-    "ipa_ecoli_neg": ("negative", 0.95, 0.97, 0.045),
+    "ipa_ecoli_neg": ("negative", 0.96, 0.97, 0.045),
 }
 
 pytestmark = pytest.mark.skipif(not REAL.exists(), reason="needs ../shared (the real runs)")
