@@ -23,9 +23,11 @@ from pathlib import Path
 import pandas as pd
 from molmass import Formula
 
+from dask_assign.chemistry.formulas import C13_SPACING
+
 #: Within this (minutes) a partner co-elutes, and within this (ppm) it lies where predicted.
 COELUTE, PPM = 0.05, 3.0
-C13_HALF = 1.0033548 / 2
+C13_HALF = C13_SPACING / 2
 
 NETID = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "netid_hilic_neg"
 #: The adduct groups of the truth build (mult, added atoms), by dask-assign's adduct names.

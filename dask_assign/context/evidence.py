@@ -678,7 +678,7 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
     siblings = _sibling_odds(f.peak.cpu().numpy(), ion, space, peaks, li, core_rows, block,
                              finder, partners.log_rho, model, config, calibration, kernel)
     siblings = torch.maximum(siblings, _envelope_odds(
-        partners, f.peak, ion, a, space, mz, rt, li, common, kernel, siblings))
+        partners, f.peak, ion, a, space, mz, rt, li, common, model.ratio_sigma, kernel))
     cand = partners.adduct_odds[f.peak, a] + siblings
 
     # The null slot: noise, or a molecule missing from the library under any label (adduct,
@@ -724,12 +724,12 @@ def apply_context(result: PartitionResult, block: pd.DataFrame, core_rows: np.nd
 
 
 def _envelope_odds(partners: _Partners, peak, ion, a, space: SearchSpace, mz, rt, li, common,
-                   kernel, siblings) -> torch.Tensor:
+                   ratio_sigma: float, kernel) -> torch.Tensor:
     """Log odds factor of a monoisotopic candidate's 13C envelope alone: its 13C1 and 13C2
-    partners at the intensities its formula's carbon count predicts, as the null slot reads
-    an unknown molecule's (``-inf`` for the other candidates; ``siblings``, the candidates'
-    sibling term, gives the shape and device; ``common`` is the block's
-    ``(mz, rt, log intensity, model, config, calibration)``).
+    partners at the intensities its formula's carbon count predicts (spread
+    ``ratio_sigma``), as the null slot reads an unknown molecule's (``-inf`` for the other
+    candidates; ``common`` is the block's ``(mz, rt, log intensity, model, config,
+    calibration)`` that :func:`_isotope_odds` reads).
 
     A peak table may report an ion's isotopologue fine structure (15N, 18O, 34S apart from
     13C) or only its 13C envelope: a peak picker that groups features within some ppm merges
@@ -738,20 +738,19 @@ def _envelope_odds(partners: _Partners, peak, ion, a, space: SearchSpace, mz, rt
     its ratio, while the null's reading of an unknown molecule asks only for the envelope;
     credited with the better of the two readings, a library compound does not lose to an
     unknown molecule on evidence both explain."""
-    out = torch.full_like(siblings, float("-inf"))
+    out = torch.full((ion.size,), float("-inf"), dtype=li.dtype, device=li.device)
     mono = space.isotope[ion] == 0
     carbon = space.n_carbon[space.compound[ion]] * space.adduct_ions[space.adduct[ion], 0]
     ok = mono & np.isfinite(carbon)
     ok &= partners.iso_col[a, 0, 1].cpu().numpy() >= 0  # its charge's 13C maps were searched
     if not ok.any():
         return out
-    sel = torch.as_tensor(np.flatnonzero(ok), device=siblings.device)
+    sel = torch.as_tensor(np.flatnonzero(ok), device=li.device)
     rows = peak[sel]
-    model = common[3]
     c = torch.as_tensor(carbon[ok], dtype=li.dtype, device=li.device)
     # The formula's own carbon count: the isotope ratio spread, not the unknowns' wider one.
     out[sel] = _isotope_odds(partners, rows, a[sel], torch.zeros_like(rows), c, mz[rows],
-                             rt[rows], li[rows], *common, model.ratio_sigma, kernel)
+                             rt[rows], li[rows], *common, ratio_sigma, kernel)
     return out
 
 
